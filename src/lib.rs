@@ -1,0 +1,1 @@
+//! directline-proxy library.
