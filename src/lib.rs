@@ -1,1 +1,3 @@
 //! directline-proxy library.
+
+pub mod emulator;

@@ -1,0 +1,381 @@
+//! The HTTP side: routing every request, recording it, and the REST calls
+//! of Direct Line 3.0 under `/v3/directline` (plus `/sas/{id}` for token
+//! posts). Unknown paths are 404 and known paths with another method 405,
+//! both with Direct Line error bodies.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use super::RecordedRequest;
+use super::activity;
+use super::auth::{self, Caller, Grant, STREAM_TOKEN_TTL, TokenKind};
+use super::bot;
+use super::conversation::Conversation;
+use super::error::ApiError;
+use super::respond::{self, Body, optional_json, percent_decode, query_param};
+use super::sas;
+use super::state::{MAX_RECORDED_BODY, Shared, lock};
+use super::stream;
+use super::upload;
+
+/// Every endpoint the emulator serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    Generate,
+    Refresh,
+    Start,
+    Reconnect(String),
+    Poll(String),
+    Post(String),
+    Upload(String),
+    Stream(String, bool),
+    SessionId,
+    Attachment(String),
+    TokenPost(String),
+}
+
+/// Serves one HTTP request.
+pub async fn handle(shared: Arc<Shared>, request: hyper::Request<Incoming>) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let route = match route(&parts.method, parts.uri.path()) {
+        Ok(route) => route,
+        Err(err) => {
+            let body = respond::read_body(body).await.unwrap_or_default();
+            record(&shared, &parts, &body);
+            return respond::error(&err);
+        }
+    };
+    if let Route::Stream(id, multimodal) = &route {
+        record(&shared, &parts, &Bytes::new());
+        return stream::handshake(&shared, parts, id, *multimodal);
+    }
+    let body = match respond::read_body(body).await {
+        Ok(body) => body,
+        Err(err) => {
+            record(&shared, &parts, &Bytes::new());
+            return respond::error(&err);
+        }
+    };
+    record(&shared, &parts, &body);
+    dispatch(&shared, route, &parts, body)
+        .await
+        .unwrap_or_else(|err| respond::error(&err))
+}
+
+fn record(shared: &Shared, parts: &Parts, body: &Bytes) {
+    let path_and_query = parts.uri.path_and_query().map_or_else(
+        || parts.uri.path().to_string(),
+        |pq| pq.as_str().to_string(),
+    );
+    shared.record_request(RecordedRequest {
+        method: parts.method.clone(),
+        path_and_query,
+        headers: parts.headers.clone(),
+        body: body.slice(..body.len().min(MAX_RECORDED_BODY)),
+    });
+}
+
+/// Maps method and path to a route: 404 for unknown paths, 405 for a known
+/// path with the wrong method.
+fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
+    let segments: Vec<String> = path.split('/').skip(1).map(percent_decode).collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let candidates: Vec<(Method, Route)> = match segments.as_slice() {
+        ["sas", id] if !id.is_empty() => vec![(Method::POST, Route::TokenPost(id.to_string()))],
+        ["v3", "directline", rest @ ..] => directline_routes(rest),
+        _ => vec![],
+    };
+    if candidates.is_empty() {
+        return Err(ApiError::not_found(format!("No such resource: {path}")));
+    }
+    candidates
+        .into_iter()
+        .find(|(allowed, _)| allowed == method)
+        .map(|(_, route)| route)
+        .ok_or_else(ApiError::method_not_allowed)
+}
+
+fn directline_routes(segments: &[&str]) -> Vec<(Method, Route)> {
+    let id = |id: &str| id.to_string();
+    match segments {
+        ["tokens", "generate"] => vec![(Method::POST, Route::Generate)],
+        ["tokens", "refresh"] => vec![(Method::POST, Route::Refresh)],
+        ["conversations"] => vec![(Method::POST, Route::Start)],
+        ["conversations", c] if !c.is_empty() => vec![(Method::GET, Route::Reconnect(id(c)))],
+        ["conversations", c, "activities"] if !c.is_empty() => vec![
+            (Method::GET, Route::Poll(id(c))),
+            (Method::POST, Route::Post(id(c))),
+        ],
+        ["conversations", c, "upload"] if !c.is_empty() => {
+            vec![(Method::POST, Route::Upload(id(c)))]
+        }
+        ["conversations", c, "stream"] if !c.is_empty() => {
+            vec![(Method::GET, Route::Stream(id(c), false))]
+        }
+        ["conversations", c, "stream", "multimodal"] if !c.is_empty() => {
+            vec![(Method::GET, Route::Stream(id(c), true))]
+        }
+        ["session", "getsessionid"] => vec![(Method::GET, Route::SessionId)],
+        ["attachments", a, ..] if !a.is_empty() => vec![(Method::GET, Route::Attachment(id(a)))],
+        _ => vec![],
+    }
+}
+
+async fn dispatch(
+    shared: &Arc<Shared>,
+    route: Route,
+    parts: &Parts,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let query = parts.uri.query();
+    match route {
+        Route::TokenPost(id) => {
+            let path = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
+            return Ok(sas::token_post(shared, &id, path, &body));
+        }
+        Route::Attachment(id) => return attachment(shared, &id),
+        _ => {}
+    }
+    let caller = {
+        let tokens = lock(&shared.tokens);
+        auth::authenticate(&parts.headers, &shared.config.secret, &tokens)?
+    };
+    match route {
+        Route::Generate => generate(shared, &caller, &body),
+        Route::Refresh => refresh(shared, &caller),
+        Route::Start => start(shared, &caller, &body),
+        Route::Reconnect(id) => reconnect(shared, &caller, &id, query),
+        Route::Poll(id) => poll(shared, &caller, &id, query),
+        Route::Post(id) => post(shared, &caller, &id, &body).await,
+        Route::Upload(id) => {
+            let conversation = conversation_for(shared, &caller, &id)?;
+            let user = query_param(query, "userId");
+            let answer =
+                upload::upload(shared, &conversation, &caller, user, &parts.headers, body).await?;
+            Ok(respond::json(StatusCode::OK, &answer))
+        }
+        Route::SessionId => Ok(session_id(shared, &caller)),
+        Route::Stream(..) | Route::Attachment(_) | Route::TokenPost(_) => {
+            Err(ApiError::not_found("No such resource"))
+        }
+    }
+}
+
+/// The conversation the caller may use; 403 for another conversation's
+/// token, 404 when it does not exist.
+fn conversation_for(
+    shared: &Shared,
+    caller: &Caller,
+    id: &str,
+) -> Result<Arc<Conversation>, ApiError> {
+    caller.check_conversation(id)?;
+    shared
+        .conversation(id)
+        .ok_or_else(|| ApiError::not_found("Conversation not found"))
+}
+
+/// The `watermark` query parameter: absent, empty or `-` mean "from the start".
+pub fn watermark(query: Option<&str>) -> Result<Option<u64>, ApiError> {
+    match query_param(query, "watermark").as_deref() {
+        None | Some("") | Some("-") => Ok(None),
+        Some(value) => value
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_argument(format!("Invalid watermark '{value}'"))),
+    }
+}
+
+/// The `user.id` of an optional request body.
+fn body_user(body: &Bytes) -> Result<Option<String>, ApiError> {
+    let parsed = optional_json(body)?;
+    Ok(parsed.and_then(|b| b["user"]["id"].as_str().map(str::to_string)))
+}
+
+fn issue(
+    shared: &Shared,
+    conversation_id: &str,
+    user_id: Option<String>,
+    kind: TokenKind,
+) -> String {
+    let ttl = match kind {
+        TokenKind::Conversation => shared.config.token_ttl,
+        TokenKind::Stream => STREAM_TOKEN_TTL,
+    };
+    let grant = Grant {
+        conversation_id: conversation_id.to_string(),
+        user_id,
+        expires: Instant::now() + ttl,
+        kind,
+    };
+    lock(&shared.tokens).issue(grant)
+}
+
+fn token_answer(shared: &Shared, conversation_id: &str, token: &str) -> Value {
+    json!({
+        "conversationId": conversation_id,
+        "token": token,
+        "expires_in": shared.config.token_ttl.as_secs(),
+    })
+}
+
+/// `POST /tokens/generate`: secret only; creates the conversation id but
+/// starts nothing.
+fn generate(shared: &Shared, caller: &Caller, body: &Bytes) -> Result<Response<Body>, ApiError> {
+    if !matches!(caller, Caller::Secret) {
+        return Err(ApiError::forbidden(
+            "Generating a token requires the secret",
+        ));
+    }
+    let user = body_user(body)?;
+    let conversation = shared.new_conversation();
+    let token = issue(shared, &conversation.id, user, TokenKind::Conversation);
+    Ok(respond::json(
+        StatusCode::OK,
+        &token_answer(shared, &conversation.id, &token),
+    ))
+}
+
+/// `POST /tokens/refresh`: token only; same conversation and user.
+fn refresh(shared: &Shared, caller: &Caller) -> Result<Response<Body>, ApiError> {
+    let Caller::Token { grant, .. } = caller else {
+        return Err(ApiError::forbidden(
+            "Refreshing requires a token, not the secret",
+        ));
+    };
+    let token = issue(
+        shared,
+        &grant.conversation_id,
+        grant.user_id.clone(),
+        TokenKind::Conversation,
+    );
+    Ok(respond::json(
+        StatusCode::OK,
+        &token_answer(shared, &grant.conversation_id, &token),
+    ))
+}
+
+/// `POST /conversations`: 201 when this call started the conversation (the
+/// bot's welcome message is then already logged), 200 when the token's
+/// conversation was already started.
+fn start(shared: &Shared, caller: &Caller, body: &Bytes) -> Result<Response<Body>, ApiError> {
+    let body_user = body_user(body)?;
+    let (conversation, token) = match caller {
+        Caller::Secret => {
+            let conversation = shared.new_conversation();
+            let token = issue(shared, &conversation.id, None, TokenKind::Conversation);
+            (conversation, token)
+        }
+        Caller::Token { token, grant } => {
+            let conversation = conversation_for(shared, caller, &grant.conversation_id)?;
+            (conversation, token.clone())
+        }
+    };
+    let user = caller.bound_user().map(str::to_string).or(body_user);
+    let started_now = conversation.start(user);
+    if started_now {
+        bot::welcome(&conversation);
+    }
+    let status = if started_now {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let answer = conversation_answer(shared, caller, &conversation.id, &token, None);
+    Ok(respond::json(status, &answer))
+}
+
+/// The Conversation object with a fresh `streamUrl`.
+fn conversation_answer(
+    shared: &Shared,
+    caller: &Caller,
+    conversation_id: &str,
+    token: &str,
+    watermark: Option<&str>,
+) -> Value {
+    let user = caller.bound_user().map(str::to_string);
+    let stream_token = issue(shared, conversation_id, user, TokenKind::Stream);
+    let stream_url = format!(
+        "ws://{}/v3/directline/conversations/{conversation_id}/stream?watermark={}&t={stream_token}",
+        shared.addr,
+        watermark.unwrap_or("-"),
+    );
+    let mut answer = token_answer(shared, conversation_id, token);
+    answer["streamUrl"] = json!(stream_url);
+    answer
+}
+
+/// `GET /conversations/{id}?watermark=W`: a fresh token and a `streamUrl`
+/// that carries the watermark.
+fn reconnect(
+    shared: &Shared,
+    caller: &Caller,
+    id: &str,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let conversation = conversation_for(shared, caller, id)?;
+    let mark = watermark(query)?.map(|w| w.to_string());
+    let user = caller.bound_user().map(str::to_string);
+    let token = issue(shared, &conversation.id, user, TokenKind::Conversation);
+    let answer = conversation_answer(shared, caller, &conversation.id, &token, mark.as_deref());
+    Ok(respond::json(StatusCode::OK, &answer))
+}
+
+/// `GET /conversations/{id}/activities?watermark=W`: logged activities
+/// after W (never typing); the watermark is the last one's, or W again.
+fn poll(
+    shared: &Shared,
+    caller: &Caller,
+    id: &str,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let conversation = conversation_for(shared, caller, id)?;
+    let after = watermark(query)?;
+    let (activities, last) = conversation.activities_after(after);
+    let mark = last.or(after).map(|w| w.to_string());
+    let answer = json!({ "activities": activities, "watermark": mark });
+    Ok(respond::json(StatusCode::OK, &answer))
+}
+
+/// `POST /conversations/{id}/activities`: answers once the bot has.
+async fn post(
+    shared: &Arc<Shared>,
+    caller: &Caller,
+    id: &str,
+    body: &Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let conversation = conversation_for(shared, caller, id)?;
+    let parsed = activity::parse(body)?;
+    let answer = activity::post(shared, &conversation, parsed, caller.bound_user()).await?;
+    Ok(respond::json(StatusCode::OK, &answer))
+}
+
+/// `GET /session/getsessionid`: a JSON string, per conversation for tokens.
+fn session_id(shared: &Shared, caller: &Caller) -> Response<Body> {
+    let session = match caller {
+        Caller::Token { grant, .. } => shared
+            .conversation(&grant.conversation_id)
+            .map(|c| c.session_id.clone()),
+        Caller::Secret => None,
+    };
+    let session = session.unwrap_or_else(|| auth::random_id(24));
+    respond::json(StatusCode::OK, &json!(session))
+}
+
+/// `GET /v3/directline/attachments/{id}`: an uploaded file's bytes.
+fn attachment(shared: &Shared, id: &str) -> Result<Response<Body>, ApiError> {
+    let stored = lock(&shared.attachments)
+        .get(id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("No such attachment"))?;
+    Ok(respond::raw(
+        StatusCode::OK,
+        &stored.content_type,
+        stored.bytes,
+    ))
+}
