@@ -920,3 +920,28 @@ async fn every_request_is_recorded_in_order() {
     assert!(requests[1].headers.contains_key(header::AUTHORIZATION));
     em.shutdown().await;
 }
+
+#[tokio::test]
+async fn cors_preflight_and_origin_are_answered() {
+    let em = emulator().await;
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::builder()
+        .method(Method::OPTIONS)
+        .uri(format!("{}/v3/directline/conversations", em.base_url()))
+        .header(header::ORIGIN, "http://chat.example")
+        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "authorization")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers();
+    assert_eq!(
+        headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "http://chat.example"
+    );
+    assert_eq!(
+        headers[header::ACCESS_CONTROL_ALLOW_HEADERS],
+        "authorization"
+    );
+}

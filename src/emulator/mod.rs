@@ -21,6 +21,12 @@
 //!   `{id}` with the activity id.
 //! - Token post (`/sas/{id}`): 200 signed in, 404 unknown or already used,
 //!   400 no `token` in the body, 401 token not accepted.
+//! - Invokes are logged like any user activity: echoed on the stream and
+//!   returned by polling, with the id the POST would otherwise return.
+//! - Uploaded files are served back, without auth, from
+//!   `/v3/directline/attachments/{id}` (their `contentUrl`).
+//! - CORS: preflights get 200 and every answer to a request with `Origin`
+//!   echoes it with credentials allowed.
 
 mod activity;
 mod auth;
@@ -106,6 +112,13 @@ pub struct Emulator {
 impl Emulator {
     /// Binds the listener and starts serving in the background.
     pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
+        Self::start_with(config, true).await
+    }
+
+    async fn start_with(
+        config: EmulatorConfig,
+        recording: bool,
+    ) -> Result<Emulator, EmulatorError> {
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -114,7 +127,7 @@ impl Emulator {
                     source,
                 })?;
         let addr = listener.local_addr().map_err(EmulatorError::LocalAddr)?;
-        let shared = Arc::new(Shared::new(config, addr));
+        let shared = Arc::new(Shared::new(config, addr, recording));
         let (shutdown, stop) = watch::channel(false);
         let server = tokio::spawn(server::serve(listener, shared.clone(), stop));
         Ok(Emulator {
@@ -217,9 +230,11 @@ impl Drop for Emulator {
 }
 
 /// Runs the emulator until ctrl-c; used by `directline-proxy emulator
-/// --listen ADDR`. Prints the base URL and the secret to stdout.
+/// --listen ADDR`. Prints the base URL and the secret to stdout. HTTP
+/// requests are not recorded here (nobody can read them, and load tests
+/// would make the record grow without bound).
 pub async fn run_standalone(config: EmulatorConfig) -> Result<(), EmulatorError> {
-    let emulator = Emulator::start(config).await?;
+    let emulator = Emulator::start_with(config, false).await?;
     println!("Direct Line emulator listening on {}", emulator.base_url());
     println!("Direct Line secret: {}", emulator.secret());
     println!("Direct Line domain: {}/v3/directline", emulator.base_url());

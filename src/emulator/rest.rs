@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Method, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
@@ -40,8 +40,54 @@ enum Route {
     TokenPost(String),
 }
 
-/// Serves one HTTP request.
+/// Serves one HTTP request, with CORS like the real service (browsers
+/// talk to Direct Line directly, so preflights must succeed).
 pub async fn handle(shared: Arc<Shared>, request: hyper::Request<Incoming>) -> Response<Body> {
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let mut response = if request.method() == Method::OPTIONS {
+        let (parts, _) = request.into_parts();
+        record(&shared, &parts, &Bytes::new());
+        preflight(&parts)
+    } else {
+        serve(shared, request).await
+    };
+    if let Some(origin) = origin {
+        allow_origin(&mut response, origin);
+    }
+    response
+}
+
+/// Answers a CORS preflight: every method and requested header is allowed.
+fn preflight(parts: &Parts) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    if let Some(requested) = parts.headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested.clone());
+    }
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    response
+}
+
+/// Echoes the origin with credentials allowed (`getsessionid` is sent with
+/// credentials, which rules out `*`).
+fn allow_origin(response: &mut Response<Body>, origin: HeaderValue) {
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+    headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+async fn serve(shared: Arc<Shared>, request: hyper::Request<Incoming>) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let route = match route(&parts.method, parts.uri.path()) {
         Ok(route) => route,
@@ -210,10 +256,18 @@ fn issue(
     let grant = Grant {
         conversation_id: conversation_id.to_string(),
         user_id,
-        expires: Instant::now() + ttl,
+        expires: expiry(ttl),
         kind,
     };
     lock(&shared.tokens).issue(grant)
+}
+
+/// `now + ttl`, saturating at about a century for absurd TTLs.
+fn expiry(ttl: std::time::Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(ttl)
+        .or_else(|| now.checked_add(std::time::Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
 }
 
 fn token_answer(shared: &Shared, conversation_id: &str, token: &str) -> Value {

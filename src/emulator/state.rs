@@ -36,6 +36,9 @@ pub struct Shared {
     pub attachments: Mutex<HashMap<String, StoredAttachment>>,
     /// Open WebSocket tasks, so shutdown can wait for their close handshakes.
     pub stream_tasks: Mutex<JoinSet<()>>,
+    /// Whether HTTP requests are recorded. Off in standalone mode, where the
+    /// emulator serves demos and load tests and nobody reads the record.
+    pub recording: bool,
 }
 
 /// Locks a mutex, ignoring poisoning: a panicked handler must not take the
@@ -45,7 +48,7 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub fn new(config: EmulatorConfig, addr: SocketAddr) -> Self {
+    pub fn new(config: EmulatorConfig, addr: SocketAddr, recording: bool) -> Self {
         Shared {
             config,
             addr,
@@ -56,6 +59,7 @@ impl Shared {
             sas: Mutex::default(),
             attachments: Mutex::default(),
             stream_tasks: Mutex::new(JoinSet::new()),
+            recording,
         }
     }
 
@@ -81,6 +85,8 @@ impl Shared {
     }
 
     pub fn record_request(&self, request: RecordedRequest) {
-        lock(&self.requests).push(request);
+        if self.recording {
+            lock(&self.requests).push(request);
+        }
     }
 }
