@@ -945,3 +945,21 @@ async fn cors_preflight_and_origin_are_answered() {
         "authorization"
     );
 }
+
+#[tokio::test]
+async fn shutdown_closes_open_streams_and_stops_listening() {
+    let em = emulator().await;
+    let addr = em.addr();
+    let conversation = start(&em).await;
+    let mut ws = connect(&conversation.stream_url).await;
+    next_set(&mut ws).await;
+    let closing = tokio::spawn(async move {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(Some(frame)))) => u16::from(frame.code),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    });
+    em.shutdown().await;
+    assert_eq!(closing.await.unwrap(), 1001);
+    assert!(TcpStream::connect(addr).await.is_err());
+}
