@@ -1,3 +1,132 @@
-//! directline-proxy library.
+//! directline-proxy: a transparent reverse proxy for Direct Line 3.0.
+//!
+//! [`start`] is the whole product behind one call: the binary, the demo and
+//! the integration tests all start the proxy through it.
 
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod directline;
 pub mod emulator;
+pub mod forward;
+pub mod logging;
+pub mod proxy;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError};
+use crate::directline::stream_url::PublicBase;
+use crate::proxy::Shared;
+use crate::upstream::{Upstream, UpstreamSetupError};
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("listener TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("upstream client: {0}")]
+    Upstream(#[from] UpstreamSetupError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A proxy that is listening. Dropping it does not stop it; call
+/// [`RunningProxy::shutdown`].
+pub struct RunningProxy {
+    local_addr: SocketAddr,
+    tls: bool,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RunningProxy {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://addr` or `https://addr`.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
+    }
+
+    /// A handle that starts the graceful shutdown when cancelled.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Stops accepting, closes WebSockets with 1001, waits for in-flight
+    /// requests up to the drain timeout.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.wait().await;
+    }
+
+    /// Waits until the proxy has stopped (after its stop token was cancelled).
+    pub async fn wait(self) {
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "proxy task ended abnormally");
+        }
+    }
+}
+
+/// Validates `config`, binds the listener and starts serving.
+pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
+    config.validate()?;
+    let addr = config.listen.socket_addr()?;
+    let tls = match (&config.listen.tls_cert, &config.listen.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(TlsAcceptor::from(Arc::new(tls::server_config(cert, key)?)))
+        }
+        _ => None,
+    };
+    let upstream = Upstream::new(&config.upstream)?;
+    let configured_public_base = config
+        .listen
+        .public_base()?
+        .as_ref()
+        .and_then(PublicBase::from_config);
+    let tcp = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let local_addr = tcp
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let shared = Arc::new(Shared {
+        websocket_config: proxy::websocket_config(&config.websocket),
+        connection_slots: Arc::new(Semaphore::new(config.listen.max_connections)),
+        tls: tls.is_some(),
+        config,
+        upstream,
+        configured_public_base,
+        streams: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+        ready: AtomicBool::new(true),
+    });
+    let stop = CancellationToken::new();
+    let task = server::spawn(server::Listener { tcp, tls }, shared.clone(), stop.clone());
+    tracing::info!(%local_addr, tls = shared.tls, upstream = %shared.upstream.base(), "proxy listening");
+    Ok(RunningProxy {
+        local_addr,
+        tls: shared.tls,
+        stop,
+        task,
+    })
+}

@@ -1,0 +1,660 @@
+//! Configuration: the TOML schema, environment overrides and validation.
+//!
+//! Loading happens in three steps so that every error can name the key it is
+//! about: the file is parsed into a TOML table, `DLPROXY_*` environment
+//! variables are merged into that table, and the table is deserialised with
+//! unknown keys rejected. Values serde cannot judge (addresses, URLs, ranges)
+//! are then checked by [`Config::validate`], which reports the key, the bad
+//! value and what is allowed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+const PUBLIC_URL_SCHEMES: &[&str] = &["http", "https", "ws", "wss"];
+
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "DLPROXY_";
+/// Separator between the section and key parts of an override's name.
+pub const ENV_SEPARATOR: &str = "__";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Schema { key: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key `{key}` has the invalid value {value:?}: {allowed}")]
+    Invalid {
+        key: String,
+        value: String,
+        allowed: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, value: impl ToString, allowed: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub upstream: UpstreamConfig,
+    pub websocket: WebSocketConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Socket address to bind, `host:port`.
+    pub addr: String,
+    /// PEM certificate chain; with `tls_key` turns on TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// Base URL clients reach the proxy at, used for rewritten `streamUrl`s.
+    pub public_url: Option<String>,
+    /// Honour `X-Forwarded-Proto/-Host/-For` from the client (only behind a
+    /// trusted ingress).
+    pub trust_forwarded_headers: bool,
+    pub max_connections: usize,
+    pub header_read_timeout_ms: u64,
+    /// How long shutdown waits for in-flight requests before exiting.
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Direct Line base URL (scheme and host, optionally a path prefix).
+    pub url: String,
+    /// Extra PEM trust roots for the upstream, added to the platform's.
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout_ms: u64,
+    /// Time allowed until the upstream's response headers arrive.
+    pub request_timeout_ms: u64,
+    pub pool_idle_timeout_ms: u64,
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    pub max_message_bytes: usize,
+    pub max_frame_bytes: usize,
+    /// Initial read buffer per socket; small keeps idle conversations cheap.
+    pub read_buffer_bytes: usize,
+    /// How long a close handshake may take before the socket is dropped.
+    pub close_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body forwarded upstream (uploads included).
+    pub max_request_body_bytes: u64,
+    /// Largest response body the proxy reads whole to rewrite it.
+    pub max_rewrite_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            addr: "127.0.0.1:8080".into(),
+            tls_cert: None,
+            tls_key: None,
+            public_url: None,
+            trust_forwarded_headers: false,
+            max_connections: 20_000,
+            header_read_timeout_ms: 10_000,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: "https://directline.botframework.com".into(),
+            ca_file: None,
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 30_000,
+            pool_idle_timeout_ms: 90_000,
+            pool_max_idle_per_host: 64,
+        }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            max_message_bytes: 2 * 1024 * 1024,
+            max_frame_bytes: 2 * 1024 * 1024,
+            read_buffer_bytes: 2048,
+            close_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_request_body_bytes: 32 * 1024 * 1024,
+            max_rewrite_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies overrides from the process environment and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path, std::env::vars())
+    }
+
+    /// Parses `text`, merges the `DLPROXY_*` variables of `env` and validates.
+    pub fn from_toml(
+        text: &str,
+        origin: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: origin.to_path_buf(),
+                    message: e.message().to_string(),
+                })?;
+        apply_env_overrides(&mut table, env)?;
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                ConfigError::Schema {
+                    key: e.path().to_string(),
+                    message: e.inner().message().to_string(),
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the schema cannot: formats, ranges and key combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen.validate()?;
+        self.upstream.validate()?;
+        self.websocket.validate()?;
+        self.limits.validate()?;
+        self.log.validate()
+    }
+}
+
+impl ListenConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.socket_addr()?;
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "listen.tls_key",
+                    "",
+                    "must be set when listen.tls_cert is set (PEM private key path)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "listen.tls_cert",
+                    "",
+                    "must be set when listen.tls_key is set (PEM certificate chain path)",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(url) = &self.public_url {
+            parse_base_url("listen.public_url", url, PUBLIC_URL_SCHEMES)?;
+        }
+        check_range(
+            "listen.max_connections",
+            self.max_connections as u64,
+            1,
+            10_000_000,
+        )?;
+        check_range(
+            "listen.header_read_timeout_ms",
+            self.header_read_timeout_ms,
+            100,
+            600_000,
+        )?;
+        check_range(
+            "listen.drain_timeout_ms",
+            self.drain_timeout_ms,
+            0,
+            3_600_000,
+        )
+    }
+
+    pub fn socket_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.addr.parse().map_err(|_| {
+            ConfigError::invalid(
+                "listen.addr",
+                &self.addr,
+                "expected an IP socket address such as \"127.0.0.1:8080\" or \"[::]:8080\"",
+            )
+        })
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// The public base URL, parsed, if configured.
+    pub fn public_base(&self) -> Result<Option<http::Uri>, ConfigError> {
+        self.public_url
+            .as_deref()
+            .map(|url| parse_base_url("listen.public_url", url, PUBLIC_URL_SCHEMES))
+            .transpose()
+    }
+}
+
+impl UpstreamConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        parse_base_url("upstream.url", &self.url, &["http", "https"])?;
+        check_range(
+            "upstream.connect_timeout_ms",
+            self.connect_timeout_ms,
+            1,
+            600_000,
+        )?;
+        check_range(
+            "upstream.request_timeout_ms",
+            self.request_timeout_ms,
+            1,
+            3_600_000,
+        )?;
+        check_range(
+            "upstream.pool_idle_timeout_ms",
+            self.pool_idle_timeout_ms,
+            0,
+            3_600_000,
+        )?;
+        check_range(
+            "upstream.pool_max_idle_per_host",
+            self.pool_max_idle_per_host as u64,
+            0,
+            100_000,
+        )
+    }
+
+    /// The upstream base URL, parsed.
+    pub fn base(&self) -> Result<http::Uri, ConfigError> {
+        parse_base_url("upstream.url", &self.url, &["http", "https"])
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn pool_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.pool_idle_timeout_ms)
+    }
+}
+
+/// Direct Line activities are limited to 256K characters; one character can be
+/// up to four UTF-8 bytes, so smaller limits could refuse legal traffic.
+const MIN_MESSAGE_BYTES: u64 = 1024 * 1024;
+
+impl WebSocketConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_range(
+            "websocket.max_message_bytes",
+            self.max_message_bytes as u64,
+            MIN_MESSAGE_BYTES,
+            256 * 1024 * 1024,
+        )?;
+        check_range(
+            "websocket.max_frame_bytes",
+            self.max_frame_bytes as u64,
+            1024,
+            self.max_message_bytes as u64,
+        )?;
+        check_range(
+            "websocket.read_buffer_bytes",
+            self.read_buffer_bytes as u64,
+            256,
+            1024 * 1024,
+        )?;
+        check_range(
+            "websocket.close_timeout_ms",
+            self.close_timeout_ms,
+            1,
+            600_000,
+        )
+    }
+
+    pub fn close_timeout(&self) -> Duration {
+        Duration::from_millis(self.close_timeout_ms)
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_range(
+            "limits.max_request_body_bytes",
+            self.max_request_body_bytes,
+            1024,
+            1024 * 1024 * 1024,
+        )?;
+        check_range(
+            "limits.max_rewrite_body_bytes",
+            self.max_rewrite_body_bytes as u64,
+            64 * 1024,
+            256 * 1024 * 1024,
+        )
+    }
+}
+
+impl LogConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        match self.format.as_str() {
+            "text" | "json" => Ok(()),
+            other => Err(ConfigError::invalid(
+                "log.format",
+                other,
+                "expected \"text\" or \"json\"",
+            )),
+        }
+    }
+
+    pub fn json(&self) -> bool {
+        self.format == "json"
+    }
+}
+
+fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            value,
+            format!("expected a number from {min} to {max}"),
+        ))
+    }
+}
+
+fn parse_base_url(key: &str, value: &str, schemes: &[&str]) -> Result<http::Uri, ConfigError> {
+    let allowed = format!(
+        "expected an absolute URL with scheme {} and a host, without query, e.g. \"https://directline.botframework.com\"",
+        schemes.join("/")
+    );
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|_| ConfigError::invalid(key, value, allowed.clone()))?;
+    let scheme_ok = uri.scheme_str().is_some_and(|s| schemes.contains(&s));
+    let has_host = uri.host().is_some_and(|h| !h.is_empty());
+    if !scheme_ok || !has_host || uri.query().is_some() {
+        return Err(ConfigError::invalid(key, value, allowed));
+    }
+    Ok(uri)
+}
+
+/// Merges `DLPROXY_SECTION__KEY=value` variables into `table`.
+///
+/// A value is read as a TOML literal when it is one (numbers, booleans,
+/// arrays, quoted strings), otherwise as a plain string, so that
+/// `DLPROXY_LISTEN__ADDR=0.0.0.0:8080` needs no quoting.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (var, raw) in vars {
+        let path: Vec<String> = var[ENV_PREFIX.len()..]
+            .split(ENV_SEPARATOR)
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if path.len() < 2 || path.iter().any(String::is_empty) {
+            return Err(ConfigError::Env {
+                var,
+                message: format!(
+                    "expected {ENV_PREFIX}<SECTION>{ENV_SEPARATOR}<KEY>, e.g. DLPROXY_LISTEN__ADDR"
+                ),
+            });
+        }
+        insert_at(table, &path, parse_env_value(&raw)).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let wrapped = format!("v = {raw}");
+    match wrapped.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn insert_at(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, sections) = path.split_last().ok_or("empty key")?;
+    let mut current = table;
+    for section in sections {
+        let entry = current
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{section}` is not a section"))?;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"), Vec::new())
+    }
+
+    fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::from_toml(text, Path::new("test.toml"), env)
+    }
+
+    fn error_text(text: &str) -> String {
+        parse(text)
+            .expect_err("config should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let config = parse("").expect("defaults are valid");
+        assert_eq!(config.listen.addr, "127.0.0.1:8080");
+        assert_eq!(config.upstream.url, "https://directline.botframework.com");
+        assert!(!config.listen.tls_enabled());
+    }
+
+    #[test]
+    fn shipped_config_toml_is_valid() {
+        let text = include_str!("../config.toml");
+        parse(text).expect("config.toml must load");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = error_text("[listen]\nadr = \"127.0.0.1:1\"\n");
+        assert!(err.contains("listen"), "{err}");
+        assert!(err.contains("adr"), "{err}");
+    }
+
+    #[test]
+    fn unknown_section_is_an_error() {
+        let err = error_text("[lisen]\naddr = \"127.0.0.1:1\"\n");
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = error_text("[upstream]\nrequest_timeout_ms = \"soon\"\n");
+        assert!(err.contains("upstream.request_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn bad_listen_addr_names_key_value_and_allowed() {
+        let err = error_text("[listen]\naddr = \"localhost\"\n");
+        assert!(err.contains("listen.addr"), "{err}");
+        assert!(err.contains("\"localhost\""), "{err}");
+        assert!(err.contains("socket address"), "{err}");
+    }
+
+    #[test]
+    fn upstream_url_must_be_http_or_https_with_host() {
+        for bad in [
+            "ftp://x",
+            "directline.botframework.com",
+            "https://x/?a=b",
+            "not a url",
+        ] {
+            let err = error_text(&format!("[upstream]\nurl = \"{bad}\"\n"));
+            assert!(err.contains("upstream.url"), "{err}");
+            assert!(err.contains("http/https"), "{err}");
+        }
+    }
+
+    #[test]
+    fn public_url_must_be_absolute() {
+        let err = error_text("[listen]\npublic_url = \"/chat\"\n");
+        assert!(err.contains("listen.public_url"), "{err}");
+    }
+
+    #[test]
+    fn tls_cert_without_key_is_rejected() {
+        let err = error_text("[listen]\ntls_cert = \"c.pem\"\n");
+        assert!(err.contains("listen.tls_key"), "{err}");
+        let err = error_text("[listen]\ntls_key = \"k.pem\"\n");
+        assert!(err.contains("listen.tls_cert"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_numbers_name_the_range() {
+        let err = error_text("[websocket]\nmax_message_bytes = 10\n");
+        assert!(err.contains("websocket.max_message_bytes"), "{err}");
+        assert!(err.contains("from 1048576"), "{err}");
+        let err = error_text("[listen]\nmax_connections = 0\n");
+        assert!(err.contains("listen.max_connections"), "{err}");
+        let err = error_text("[websocket]\nmax_frame_bytes = 4194304\n");
+        assert!(err.contains("websocket.max_frame_bytes"), "{err}");
+    }
+
+    #[test]
+    fn bad_log_format_lists_choices() {
+        let err = error_text("[log]\nformat = \"xml\"\n");
+        assert!(err.contains("log.format") && err.contains("json"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_file() {
+        let err = error_text("[listen\n");
+        assert!(err.contains("test.toml"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file_values_with_type_inference() {
+        let config = parse_env(
+            "[listen]\naddr = \"127.0.0.1:1\"\n",
+            &[
+                ("DLPROXY_LISTEN__ADDR", "0.0.0.0:9000"),
+                ("DLPROXY_UPSTREAM__REQUEST_TIMEOUT_MS", "1234"),
+                ("DLPROXY_LISTEN__TRUST_FORWARDED_HEADERS", "true"),
+                ("OTHER_VAR", "ignored"),
+            ],
+        )
+        .expect("overrides are valid");
+        assert_eq!(config.listen.addr, "0.0.0.0:9000");
+        assert_eq!(config.upstream.request_timeout_ms, 1234);
+        assert!(config.listen.trust_forwarded_headers);
+    }
+
+    #[test]
+    fn env_override_with_unknown_key_is_rejected() {
+        let err = parse_env("", &[("DLPROXY_LISTEN__NOPE", "1")])
+            .expect_err("unknown key")
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn env_override_without_section_is_rejected() {
+        let err = parse_env("", &[("DLPROXY_ADDR", "1")])
+            .expect_err("no section")
+            .to_string();
+        assert!(err.contains("DLPROXY_ADDR"), "{err}");
+    }
+
+    #[test]
+    fn env_override_values_are_validated() {
+        let err = parse_env("", &[("DLPROXY_LISTEN__ADDR", "nowhere")])
+            .expect_err("invalid addr")
+            .to_string();
+        assert!(
+            err.contains("listen.addr") && err.contains("nowhere"),
+            "{err}"
+        );
+    }
+}

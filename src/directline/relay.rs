@@ -1,0 +1,163 @@
+//! Moving WebSocket messages between the client and the upstream.
+//!
+//! Written over any `Stream + Sink` of tungstenite messages, so it can be
+//! tested without sockets. Each direction is a pump that awaits its send
+//! before reading on: a slow reader on one side pauses reading from the
+//! other (bounded buffering) without stopping the opposite direction.
+
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+use super::inspect;
+
+pub struct RelaySettings {
+    /// How long the second half of a close handshake may take.
+    pub close_timeout: Duration,
+    /// Cancelled when the proxy shuts down: both sides get 1001.
+    pub shutdown: CancellationToken,
+}
+
+/// How a relayed stream ended, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    ClientClosed,
+    UpstreamClosed,
+    ClientLost,
+    UpstreamLost,
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    ToUpstream,
+    ToClient,
+}
+
+impl Direction {
+    /// The close frame sent on when this direction's source vanished
+    /// without a close handshake, so the other side knows to reconnect.
+    fn lost_frame(self) -> CloseFrame {
+        match self {
+            Direction::ToUpstream => CloseFrame {
+                code: CloseCode::Away,
+                reason: "client connection lost".into(),
+            },
+            Direction::ToClient => CloseFrame {
+                code: CloseCode::Error,
+                reason: "upstream connection lost".into(),
+            },
+        }
+    }
+
+    fn outcome(self, closed_cleanly: bool) -> Outcome {
+        match (self, closed_cleanly) {
+            (Direction::ToUpstream, true) => Outcome::ClientClosed,
+            (Direction::ToUpstream, false) => Outcome::ClientLost,
+            (Direction::ToClient, true) => Outcome::UpstreamClosed,
+            (Direction::ToClient, false) => Outcome::UpstreamLost,
+        }
+    }
+
+    fn destination_lost(self) -> Outcome {
+        match self {
+            Direction::ToUpstream => Outcome::UpstreamLost,
+            Direction::ToClient => Outcome::ClientLost,
+        }
+    }
+
+    fn prepare(self, message: Message) -> Message {
+        match (self, message) {
+            (Direction::ToClient, Message::Text(text)) => Message::Text(inspect::bot_text(text)),
+            (_, message) => message,
+        }
+    }
+}
+
+/// Relays until one side closes or is lost, then lets the other side finish
+/// its close handshake within the close timeout.
+pub async fn run<C, U>(client: C, upstream: U, settings: RelaySettings) -> Outcome
+where
+    C: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    U: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let (mut client_tx, mut client_rx) = client.split();
+    let (mut upstream_tx, mut upstream_rx) = upstream.split();
+    let outcome = {
+        let to_upstream = pump(&mut client_rx, &mut upstream_tx, Direction::ToUpstream);
+        let to_client = pump(&mut upstream_rx, &mut client_tx, Direction::ToClient);
+        tokio::pin!(to_upstream, to_client);
+        tokio::select! {
+            outcome = &mut to_upstream => {
+                let _ = tokio::time::timeout(settings.close_timeout, to_client).await;
+                outcome
+            }
+            outcome = &mut to_client => {
+                let _ = tokio::time::timeout(settings.close_timeout, to_upstream).await;
+                outcome
+            }
+            () = settings.shutdown.cancelled() => Outcome::Shutdown,
+        }
+    };
+    if outcome == Outcome::Shutdown {
+        let going_away = || {
+            Message::Close(Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: "proxy shutting down".into(),
+            }))
+        };
+        let close_both = async {
+            let _ = tokio::join!(client_tx.send(going_away()), upstream_tx.send(going_away()));
+            tokio::join!(drain(&mut client_rx), drain(&mut upstream_rx));
+        };
+        let _ = tokio::time::timeout(settings.close_timeout, close_both).await;
+    }
+    outcome
+}
+
+async fn pump<S, K>(source: &mut S, sink: &mut K, direction: Direction) -> Outcome
+where
+    S: Stream<Item = Result<Message, WsError>> + Unpin,
+    K: Sink<Message, Error = WsError> + Unpin,
+{
+    loop {
+        match source.next().await {
+            Some(Ok(Message::Close(frame))) => {
+                let _ = sink.send(Message::Close(frame)).await;
+                drain(source).await;
+                return direction.outcome(true);
+            }
+            Some(Ok(message)) => {
+                if sink.send(direction.prepare(message)).await.is_err() {
+                    return direction.destination_lost();
+                }
+            }
+            Some(Err(error)) => {
+                tracing::debug!(?direction, %error, "WebSocket read failed");
+                let _ = sink
+                    .send(Message::Close(Some(direction.lost_frame())))
+                    .await;
+                return direction.outcome(false);
+            }
+            None => {
+                let _ = sink
+                    .send(Message::Close(Some(direction.lost_frame())))
+                    .await;
+                return direction.outcome(false);
+            }
+        }
+    }
+}
+
+/// Reads until the stream ends, so the close reply tungstenite queued gets
+/// written.
+async fn drain<S>(source: &mut S)
+where
+    S: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    while let Some(Ok(_)) = source.next().await {}
+}

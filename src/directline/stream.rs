@@ -1,0 +1,180 @@
+//! The WebSocket relay: the client's upgrade opens the matching upstream
+//! stream, then frames flow both ways until either side closes.
+//!
+//! Sequence (as in rust-rpxy): take the client's upgrade handle, forward the
+//! handshake upstream, check the upstream's 101, answer the client with it,
+//! then turn both upgraded connections into tungstenite streams.
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tracing::Instrument;
+
+use super::relay;
+use crate::body::{BoxError, ProxyBody, directline_error, empty};
+use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
+use crate::proxy::Shared;
+use crate::upstream::UpstreamError;
+
+/// Whether the request asks for a WebSocket upgrade (RFC 6455 section 4.2.1).
+pub fn is_upgrade(request: &Request<Incoming>) -> bool {
+    let headers = request.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    request.version() == Version::HTTP_11
+        && has_token(header::CONNECTION, "upgrade")
+        && has_token(header::UPGRADE, "websocket")
+        && headers.contains_key(header::SEC_WEBSOCKET_KEY)
+}
+
+/// Forwards the handshake; on the upstream's 101 answers the client with 101
+/// and spawns the relay, otherwise passes the upstream's answer through.
+pub async fn upgrade(
+    shared: &Shared,
+    mut request: Request<Incoming>,
+    client: &ClientInfo,
+) -> Response<ProxyBody> {
+    let Some(client_key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return bad_handshake();
+    };
+    let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
+        return directline_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "The proxy is at its connection limit.",
+        );
+    };
+    let client_upgrade = hyper::upgrade::on(&mut request);
+    let upstream_request = match upstream_handshake(shared, request, client) {
+        Ok(req) => req,
+        Err(error) => return error.to_response(),
+    };
+    let mut upstream_response = match shared.upstream.send(upstream_request).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(%error, "upstream WebSocket handshake failed");
+            return error.to_response();
+        }
+    };
+    if upstream_response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        tracing::info!(status = %upstream_response.status(), "upstream refused the WebSocket");
+        let (mut parts, body) = upstream_response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        return Response::from_parts(parts, body.map_err(BoxError::from).boxed());
+    }
+    let expected_accept = derive_accept_key(client_key.as_bytes());
+    let accept_matches = upstream_response
+        .headers()
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .is_some_and(|v| v.as_bytes() == expected_accept.as_bytes());
+    if !accept_matches {
+        tracing::warn!("upstream answered the WebSocket handshake with a wrong accept key");
+        return directline_error(
+            StatusCode::BAD_GATEWAY,
+            "BadGateway",
+            "The Direct Line stream handshake failed.",
+        );
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
+    let response = client_switching_protocols(upstream_response);
+    spawn_relay(shared, client_upgrade, upstream_upgrade, slot);
+    response
+}
+
+fn bad_handshake() -> Response<ProxyBody> {
+    directline_error(
+        StatusCode::BAD_REQUEST,
+        "BadArgument",
+        "Invalid WebSocket handshake.",
+    )
+}
+
+fn upstream_handshake(
+    shared: &Shared,
+    request: Request<Incoming>,
+    client: &ClientInfo,
+) -> Result<Request<ProxyBody>, UpstreamError> {
+    let (mut parts, _body) = request.into_parts();
+    parts.uri = shared.upstream.url_for(&parts.uri)?;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    // Frames must stay readable: no compression extension is negotiated.
+    parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    add_forwarded_headers(
+        &mut parts.headers,
+        client,
+        shared.config.listen.trust_forwarded_headers,
+    );
+    Ok(Request::from_parts(parts, empty()))
+}
+
+fn client_switching_protocols(upstream: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, _body) = upstream.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    Response::from_parts(parts, empty())
+}
+
+/// `slot` is held for the relay's lifetime: an open WebSocket counts
+/// against `listen.max_connections`.
+fn spawn_relay(
+    shared: &Shared,
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    slot: OwnedSemaphorePermit,
+) {
+    let config = shared.websocket_config;
+    let settings = relay::RelaySettings {
+        close_timeout: shared.config.websocket.close_timeout(),
+        shutdown: shared.shutdown.clone(),
+    };
+    let span = tracing::Span::current();
+    shared.streams.spawn(
+        async move {
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, "WebSocket upgrade did not complete");
+                    return;
+                }
+            };
+            let client =
+                WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, Some(config))
+                    .await;
+            let upstream = WebSocketStream::from_raw_socket(
+                TokioIo::new(upstream),
+                Role::Client,
+                Some(config),
+            )
+            .await;
+            tracing::info!("stream opened");
+            let outcome = relay::run(client, upstream, settings).await;
+            tracing::info!(?outcome, "stream closed");
+            drop(slot);
+        }
+        .instrument(span),
+    );
+}

@@ -1,0 +1,249 @@
+//! Rewriting `streamUrl` in conversation responses so the client's
+//! WebSocket comes to the proxy, not to Direct Line.
+//!
+//! Only the string value of `streamUrl` changes; every other byte of the body
+//! stays as the upstream sent it.
+
+use http::HeaderMap;
+use http::uri::{Authority, Uri};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use thiserror::Error;
+
+use crate::forward::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RewriteError {
+    #[error("response body is not a JSON object: {0}")]
+    NotJson(String),
+    #[error("streamUrl is not a string URL")]
+    BadStreamUrl,
+}
+
+/// Where clients reach the proxy's WebSocket endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicBase {
+    /// `ws` or `wss`.
+    scheme: &'static str,
+    authority: Authority,
+    /// Path before `/v3/directline`, without a trailing slash (often empty).
+    path_prefix: String,
+}
+
+impl PublicBase {
+    /// From the configured `listen.public_url`.
+    pub fn from_config(url: &Uri) -> Option<PublicBase> {
+        Some(PublicBase {
+            scheme: ws_scheme(url.scheme_str()?)?,
+            authority: url.authority()?.clone(),
+            path_prefix: url.path().trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// From the request: its Host (or `:authority`) and the listener's
+    /// scheme, or the `X-Forwarded-Proto/-Host` of a trusted ingress.
+    pub fn from_request(
+        uri: &Uri,
+        headers: &HeaderMap,
+        tls: bool,
+        trust_forwarded: bool,
+    ) -> Option<PublicBase> {
+        let forwarded = |name: &http::HeaderName| {
+            trust_forwarded
+                .then(|| headers.get(name)?.to_str().ok()?.split(',').next())
+                .flatten()
+                .map(str::trim)
+        };
+        let (proto_name, host_name) = (X_FORWARDED_PROTO, X_FORWARDED_HOST);
+        let scheme = match forwarded(&proto_name) {
+            Some(proto) => ws_scheme(&proto.to_ascii_lowercase())?,
+            None if tls => "wss",
+            None => "ws",
+        };
+        let host = forwarded(&host_name)
+            .or_else(|| headers.get(http::header::HOST)?.to_str().ok())
+            .or_else(|| uri.authority().map(Authority::as_str))?;
+        Some(PublicBase {
+            scheme,
+            authority: host.parse().ok()?,
+            path_prefix: String::new(),
+        })
+    }
+
+    fn url_for(&self, upstream_url: &Uri, upstream_base_path: &str) -> Option<String> {
+        let path_and_query = upstream_url.path_and_query()?.as_str();
+        let prefix = upstream_base_path.trim_end_matches('/');
+        let relative = path_and_query
+            .strip_prefix(prefix)
+            .unwrap_or(path_and_query);
+        Some(format!(
+            "{}://{}{}{}",
+            self.scheme, self.authority, self.path_prefix, relative
+        ))
+    }
+}
+
+fn ws_scheme(scheme: &str) -> Option<&'static str> {
+    match scheme {
+        "http" | "ws" => Some("ws"),
+        "https" | "wss" => Some("wss"),
+        _ => None,
+    }
+}
+
+#[derive(Deserialize)]
+struct StreamUrlField<'a> {
+    #[serde(rename = "streamUrl", borrow)]
+    stream_url: Option<&'a RawValue>,
+}
+
+/// Returns the body with `streamUrl` pointing at `public`, or `None` when the
+/// body has no `streamUrl` (nothing to change).
+pub fn rewrite(
+    body: &[u8],
+    public: &PublicBase,
+    upstream_base_path: &str,
+) -> Result<Option<Vec<u8>>, RewriteError> {
+    let field: StreamUrlField<'_> =
+        serde_json::from_slice(body).map_err(|e| RewriteError::NotJson(e.to_string()))?;
+    let Some(raw) = field.stream_url else {
+        return Ok(None);
+    };
+    let current: String =
+        serde_json::from_str(raw.get()).map_err(|_| RewriteError::BadStreamUrl)?;
+    let upstream_url: Uri = current.parse().map_err(|_| RewriteError::BadStreamUrl)?;
+    let new_url = public
+        .url_for(&upstream_url, upstream_base_path)
+        .ok_or(RewriteError::BadStreamUrl)?;
+    let encoded = serde_json::to_string(&new_url).map_err(|_| RewriteError::BadStreamUrl)?;
+    // The raw value borrows from `body`, so its position is exact.
+    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+    let end = start + raw.get().len();
+    let mut out = Vec::with_capacity(body.len() + encoded.len());
+    out.extend_from_slice(&body[..start]);
+    out.extend_from_slice(encoded.as_bytes());
+    out.extend_from_slice(&body[end..]);
+    Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn base(url: &str) -> PublicBase {
+        PublicBase::from_config(&url.parse().expect("uri")).expect("base")
+    }
+
+    fn rewritten(body: &str, public: &PublicBase) -> String {
+        let out = rewrite(body.as_bytes(), public, "/")
+            .expect("rewrite")
+            .expect("changed");
+        String::from_utf8(out).expect("utf8")
+    }
+
+    #[test]
+    fn only_the_stream_url_value_changes() {
+        let body = "{\r\n  \"conversationId\": \"abc\",\r\n  \"token\": \"tok\",\r\n  \"expires_in\": 1800,\r\n  \"streamUrl\": \"wss://directline.botframework.com/v3/directline/conversations/abc/stream?watermark=-&t=st.k\"\r\n}";
+        let out = rewritten(body, &base("https://chat.example.com"));
+        let expected = body.replace(
+            "wss://directline.botframework.com/",
+            "wss://chat.example.com/",
+        );
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn plain_public_url_gives_ws_and_keeps_prefix_path_and_query() {
+        let body =
+            r#"{"streamUrl":"wss://dl/v3/directline/conversations/c/stream?t=x&watermark=7"}"#;
+        let out = rewritten(body, &base("http://127.0.0.1:9000/chat/"));
+        assert_eq!(
+            out,
+            r#"{"streamUrl":"ws://127.0.0.1:9000/chat/v3/directline/conversations/c/stream?t=x&watermark=7"}"#
+        );
+    }
+
+    #[test]
+    fn upstream_base_path_is_replaced_by_the_public_prefix() {
+        let body = r#"{"streamUrl":"ws://up/base/v3/directline/conversations/c/stream?t=x"}"#;
+        let out = rewrite(body.as_bytes(), &base("wss://p"), "/base")
+            .expect("ok")
+            .expect("changed");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            r#"{"streamUrl":"wss://p/v3/directline/conversations/c/stream?t=x"}"#
+        );
+    }
+
+    #[test]
+    fn body_without_stream_url_is_left_alone() {
+        assert_eq!(
+            rewrite(br#"{"conversationId":"c"}"#, &base("http://p"), "/"),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_not_panics() {
+        assert!(rewrite(b"not json", &base("http://p"), "/").is_err());
+        assert_eq!(
+            rewrite(br#"{"streamUrl":42}"#, &base("http://p"), "/"),
+            Err(RewriteError::BadStreamUrl)
+        );
+        assert_eq!(
+            rewrite(br#"{"streamUrl":"::"}"#, &base("http://p"), "/"),
+            Err(RewriteError::BadStreamUrl)
+        );
+    }
+
+    #[test]
+    fn escaped_characters_in_the_url_are_decoded_and_reencoded() {
+        let body =
+            r#"{"streamUrl":"wss:\/\/dl\/v3\/directline\/conversations\/c\/stream?t=a\u0026b"}"#;
+        let out = rewritten(body, &base("http://p"));
+        assert_eq!(
+            out,
+            r#"{"streamUrl":"ws://p/v3/directline/conversations/c/stream?t=a&b"}"#
+        );
+    }
+
+    #[test]
+    fn request_host_and_listener_scheme_derive_the_base() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::HOST,
+            HeaderValue::from_static("proxy.local:8443"),
+        );
+        let uri: Uri = "/v3/directline/conversations".parse().expect("uri");
+        let derived = PublicBase::from_request(&uri, &headers, true, false).expect("base");
+        assert_eq!(derived, base("wss://proxy.local:8443"));
+    }
+
+    #[test]
+    fn forwarded_headers_count_only_when_trusted() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::HOST,
+            HeaderValue::from_static("internal:8080"),
+        );
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        headers.insert(
+            X_FORWARDED_HOST,
+            HeaderValue::from_static("chat.example.com"),
+        );
+        let uri: Uri = "/".parse().expect("uri");
+        let untrusted = PublicBase::from_request(&uri, &headers, false, false).expect("base");
+        assert_eq!(untrusted, base("ws://internal:8080"));
+        let trusted = PublicBase::from_request(&uri, &headers, false, true).expect("base");
+        assert_eq!(trusted, base("wss://chat.example.com"));
+    }
+
+    #[test]
+    fn a_host_header_that_is_not_an_authority_is_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::HOST, HeaderValue::from_static("evil/path?x"));
+        let uri: Uri = "/".parse().expect("uri");
+        assert_eq!(PublicBase::from_request(&uri, &headers, false, false), None);
+    }
+}

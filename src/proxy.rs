@@ -1,0 +1,127 @@
+//! What every request handler shares, and the router in front of them.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::body::{ProxyBody, directline_error, text_response};
+use crate::config::Config;
+use crate::directline::route::{PREFIX, Route};
+use crate::directline::stream_url::PublicBase;
+use crate::directline::{rest, stream};
+use crate::forward::ClientInfo;
+use crate::upstream::Upstream;
+
+pub struct Shared {
+    pub config: Config,
+    pub upstream: Upstream,
+    pub configured_public_base: Option<PublicBase>,
+    pub tls: bool,
+    pub websocket_config: WebSocketConfig,
+    /// Open WebSocket relays, so shutdown can wait for their close.
+    pub streams: TaskTracker,
+    /// Cancelled at shutdown: relays close both sides with 1001.
+    pub shutdown: CancellationToken,
+    /// Client connections and open relays share this bound.
+    pub connection_slots: Arc<Semaphore>,
+    /// False once draining has begun, so `/readyz` takes the replica out.
+    pub ready: AtomicBool,
+}
+
+impl Shared {
+    /// Where clients reach this proxy, for rewritten `streamUrl`s.
+    pub fn public_base(&self, uri: &Uri, headers: &HeaderMap) -> Option<PublicBase> {
+        if let Some(base) = &self.configured_public_base {
+            return Some(base.clone());
+        }
+        let base = PublicBase::from_request(
+            uri,
+            headers,
+            self.tls,
+            self.config.listen.trust_forwarded_headers,
+        );
+        if base.is_none() {
+            tracing::warn!("no usable Host header: streamUrl left pointing upstream");
+        }
+        base
+    }
+}
+
+/// Tungstenite settings from the config: small eager buffers so idle
+/// conversations stay cheap, writes flushed per message.
+pub fn websocket_config(config: &crate::config::WebSocketConfig) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_write_buffer_size(config.max_message_bytes.saturating_mul(2))
+        .max_message_size(Some(config.max_message_bytes))
+        .max_frame_size(Some(config.max_frame_bytes))
+}
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+    client: ClientInfo,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let path = request.uri().path();
+    let response = match (request.method(), path) {
+        (&Method::GET, "/healthz") => text_response(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => readiness(&shared),
+        (_, p) if p.starts_with(PREFIX) => directline(&shared, request, &client).await,
+        _ => directline_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "Only Direct Line 3.0 paths are served here.",
+        ),
+    };
+    Ok(response)
+}
+
+fn readiness(shared: &Shared) -> Response<ProxyBody> {
+    if shared.ready.load(Ordering::Relaxed) {
+        text_response(StatusCode::OK, "ready\n")
+    } else {
+        text_response(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    }
+}
+
+async fn directline(
+    shared: &Shared,
+    request: Request<Incoming>,
+    client: &ClientInfo,
+) -> Response<ProxyBody> {
+    let route = Route::classify(request.method(), request.uri().path());
+    // The query is never logged: it can carry the stream token `t=`.
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route = route.name(),
+        conversation_id = route.conversation_id().unwrap_or(""),
+    );
+    async move {
+        let started = Instant::now();
+        let response = match route {
+            Route::Stream { .. } if stream::is_upgrade(&request) => {
+                stream::upgrade(shared, request, client).await
+            }
+            _ => rest::relay(shared, &route, request, client).await,
+        };
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request done"
+        );
+        response
+    }
+    .instrument(span)
+    .await
+}

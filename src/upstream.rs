@@ -1,0 +1,144 @@
+//! The pooled client to Direct Line and the mapping of its failures to
+//! Direct Line-shaped errors.
+
+use std::time::Duration;
+
+use http::uri::Uri;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use thiserror::Error;
+
+use crate::body::{ProxyBody, directline_error};
+use crate::config::{ConfigError, UpstreamConfig};
+use crate::tls::{self, TlsError};
+
+#[derive(Debug, Error)]
+pub enum UpstreamSetupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("upstream TLS: {0}")]
+    Tls(#[from] TlsError),
+}
+
+#[derive(Debug, Error)]
+pub enum UpstreamError {
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    #[error("upstream request failed: {0}")]
+    Failed(String),
+    #[error("cannot build the upstream URL: {0}")]
+    BadUrl(String),
+}
+
+impl UpstreamError {
+    /// The response the client gets instead of the upstream's.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        match self {
+            UpstreamError::Timeout(_) => directline_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "GatewayTimeout",
+                "The Direct Line service did not answer in time.",
+            ),
+            UpstreamError::Unreachable(_) | UpstreamError::Failed(_) => directline_error(
+                StatusCode::BAD_GATEWAY,
+                "BadGateway",
+                "The Direct Line service could not be reached.",
+            ),
+            UpstreamError::BadUrl(_) => directline_error(
+                StatusCode::BAD_REQUEST,
+                "BadArgument",
+                "Invalid request path.",
+            ),
+        }
+    }
+}
+
+/// Direct Line behind one base URL, with a pooled HTTP/1.1 client.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    base: Uri,
+    request_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Result<Upstream, UpstreamSetupError> {
+        let base = config.base()?;
+        let tls = tls::client_config(config.ca_file.as_deref())?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.connect_timeout()));
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout())
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(connector);
+        Ok(Upstream {
+            client,
+            base,
+            request_timeout: config.request_timeout(),
+        })
+    }
+
+    /// The upstream URL for the path and query the client asked for, under
+    /// the base URL's path prefix.
+    pub fn url_for(&self, requested: &Uri) -> Result<Uri, UpstreamError> {
+        let path_and_query = requested
+            .path_and_query()
+            .ok_or_else(|| UpstreamError::BadUrl("request has no path".into()))?;
+        let prefix = self.base.path().trim_end_matches('/');
+        let joined = format!("{prefix}{path_and_query}");
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query = Some(
+            joined
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| UpstreamError::BadUrl(e.to_string()))?,
+        );
+        Uri::from_parts(parts).map_err(|e| UpstreamError::BadUrl(e.to_string()))
+    }
+
+    pub fn base(&self) -> &Uri {
+        &self.base
+    }
+
+    /// Sends `request` and waits for the response headers, at most the
+    /// configured request timeout.
+    pub async fn send(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
+            Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) if error.is_connect() => {
+                Err(UpstreamError::Unreachable(error_chain(&error)))
+            }
+            Ok(Err(error)) => Err(UpstreamError::Failed(error_chain(&error))),
+        }
+    }
+}
+
+/// The error and its sources in one line; hyper's top-level messages alone
+/// ("client error (Connect)") do not say what went wrong.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,303 @@
+//! Builders the end-to-end tests read as sentences with: an emulator, the
+//! proxy in front of it, and HTTP and WebSocket clients at real addresses.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use directline_proxy::RunningProxy;
+use directline_proxy::config::Config;
+pub use directline_proxy::emulator::{Emulator, EmulatorConfig};
+use futures_util::StreamExt;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// A proxy config for tests: port 0, the given upstream, short timeouts.
+pub fn proxy_config(upstream: &str) -> Config {
+    let mut config = Config::default();
+    config.listen.addr = "127.0.0.1:0".into();
+    config.listen.drain_timeout_ms = 5_000;
+    config.upstream.url = upstream.into();
+    config.upstream.connect_timeout_ms = 2_000;
+    config.upstream.request_timeout_ms = 10_000;
+    config.websocket.close_timeout_ms = 2_000;
+    config
+}
+
+/// Emulator without keep-alives, so frame sequences are exact.
+pub fn quiet_emulator() -> EmulatorConfig {
+    EmulatorConfig {
+        keepalive_interval: None,
+        ..Default::default()
+    }
+}
+
+pub struct Stack {
+    pub emulator: Emulator,
+    pub proxy: RunningProxy,
+    pub http: Http,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Stack::start_with(quiet_emulator(), |_| {}).await
+    }
+
+    pub async fn start_with(emulator: EmulatorConfig, adjust: impl FnOnce(&mut Config)) -> Stack {
+        let emulator = Emulator::start(emulator).await.expect("emulator starts");
+        let mut config = proxy_config(&emulator.base_url());
+        adjust(&mut config);
+        let proxy = directline_proxy::start(config).await.expect("proxy starts");
+        Stack {
+            emulator,
+            proxy,
+            http: Http::plain(),
+        }
+    }
+
+    pub fn proxy_url(&self, path: &str) -> String {
+        format!("{}{path}", self.proxy.base_url())
+    }
+
+    pub fn direct_url(&self, path: &str) -> String {
+        format!("{}{path}", self.emulator.base_url())
+    }
+
+    pub fn secret(&self) -> String {
+        self.emulator.secret().to_string()
+    }
+
+    pub async fn start_conversation(&self) -> Conversation {
+        Conversation::start(&self.http, &self.proxy.base_url(), self.emulator.secret()).await
+    }
+
+    pub async fn shutdown(self) {
+        self.proxy.shutdown().await;
+        self.emulator.shutdown().await;
+    }
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub struct Http {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl Http {
+    pub fn plain() -> Http {
+        Http::with_tls(directline_proxy::tls::client_config(None).expect("tls config"))
+    }
+
+    /// Trusts the development CA in `certs/`.
+    pub fn trusting_dev_ca() -> Http {
+        let ca = repo_path("certs/ca.pem");
+        Http::with_tls(directline_proxy::tls::client_config(Some(&ca)).expect("tls config"))
+    }
+
+    fn with_tls(tls: rustls::ClientConfig) -> Http {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Http {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(body.into())).expect("request");
+        let response = tokio::time::timeout(WAIT, self.client.request(request))
+            .await
+            .expect("response in time")
+            .expect("response");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, url: &str, token: &str) -> Reply {
+        let auth = format!("Bearer {token}");
+        self.send(Method::GET, url, &[("authorization", &auth)], Bytes::new())
+            .await
+    }
+
+    pub async fn post_json(&self, url: &str, token: &str, body: &Value) -> Reply {
+        let auth = format!("Bearer {token}");
+        self.send(
+            Method::POST,
+            url,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body.to_string(),
+        )
+        .await
+    }
+}
+
+/// A conversation as a client sees it after `POST /conversations`.
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    pub base: String,
+    pub id: String,
+    pub token: String,
+    pub stream_url: String,
+}
+
+impl Conversation {
+    pub async fn start(http: &Http, base: &str, secret: &str) -> Conversation {
+        let reply = http
+            .post_json(
+                &format!("{base}/v3/directline/conversations"),
+                secret,
+                &Value::Null,
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        let json = reply.json();
+        Conversation {
+            base: base.to_string(),
+            id: json["conversationId"]
+                .as_str()
+                .expect("conversationId")
+                .into(),
+            token: json["token"].as_str().expect("token").into(),
+            stream_url: json["streamUrl"].as_str().expect("streamUrl").into(),
+        }
+    }
+
+    pub fn url(&self, suffix: &str) -> String {
+        format!(
+            "{}/v3/directline/conversations/{}{suffix}",
+            self.base, self.id
+        )
+    }
+
+    pub async fn say(&self, http: &Http, text: &str) -> Reply {
+        let activity = serde_json::json!({
+            "type": "message",
+            "from": { "id": "dl_test-user" },
+            "text": text,
+        });
+        http.post_json(&self.url("/activities"), &self.token, &activity)
+            .await
+    }
+
+    pub async fn poll(&self, http: &Http, watermark: Option<&str>) -> Reply {
+        let query = watermark
+            .map(|w| format!("?watermark={w}"))
+            .unwrap_or_default();
+        http.get(&self.url(&format!("/activities{query}")), &self.token)
+            .await
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub async fn ws_connect(url: &str) -> Ws {
+    let request = url.into_client_request().expect("ws request");
+    let (ws, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("ws connects in time")
+        .expect("ws connects");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+/// The next message of any kind, failing the test after [`WAIT`].
+pub async fn next_message<S>(ws: &mut S) -> Message
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("a message in time")
+        .expect("stream still open")
+        .expect("message reads")
+}
+
+/// The next ActivitySet, skipping empty keep-alive messages.
+pub async fn next_activity_set<S>(ws: &mut S) -> Value
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match next_message(ws).await {
+            Message::Text(text) if text.is_empty() => continue,
+            Message::Text(text) => return serde_json::from_str(&text).expect("ActivitySet JSON"),
+            other => panic!("expected an ActivitySet, got {other:?}"),
+        }
+    }
+}
+
+/// Reads ActivitySets until one holds a message whose text contains `needle`;
+/// returns every activity seen on the way, in order.
+pub async fn activities_until<S>(ws: &mut S, needle: &str) -> Vec<Value>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let mut seen = Vec::new();
+    loop {
+        let set = next_activity_set(ws).await;
+        let activities = set["activities"].as_array().cloned().unwrap_or_default();
+        let found = activities
+            .iter()
+            .any(|a| a["text"].as_str().is_some_and(|t| t.contains(needle)));
+        seen.extend(activities);
+        if found {
+            return seen;
+        }
+    }
+}

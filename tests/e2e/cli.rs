@@ -1,0 +1,85 @@
+//! The command line: `check` and environment overrides.
+
+use std::process::Command;
+
+fn proxy_command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_directline-proxy"))
+}
+
+fn write_config(text: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), text).expect("write");
+    file
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let output = proxy_command()
+        .args(["check", "--config"])
+        .arg(crate::common::repo_path("config.toml"))
+        .output()
+        .expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn check_rejects_a_bad_value_naming_key_value_and_allowed() {
+    let file = write_config("[upstream]\nurl = \"ftp://nowhere\"\n");
+    let output = proxy_command()
+        .arg("check")
+        .arg("--config")
+        .arg(file.path())
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("upstream.url"), "{stderr}");
+    assert!(stderr.contains("ftp://nowhere"), "{stderr}");
+    assert!(stderr.contains("http/https"), "{stderr}");
+}
+
+#[test]
+fn check_rejects_unknown_keys() {
+    let file = write_config("[listen]\naddress = \"127.0.0.1:1\"\n");
+    let output = proxy_command()
+        .arg("check")
+        .arg("--config")
+        .arg(file.path())
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("address"), "{stderr}");
+}
+
+#[test]
+fn environment_overrides_are_checked_too() {
+    let file = write_config("[listen]\naddr = \"127.0.0.1:8080\"\n");
+    let output = proxy_command()
+        .arg("check")
+        .arg("--config")
+        .arg(file.path())
+        .env("DLPROXY_LISTEN__ADDR", "not-an-address")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("listen.addr") && stderr.contains("not-an-address"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_config_file_is_a_clear_error() {
+    let output = proxy_command()
+        .args(["check", "--config", "/nonexistent/dlproxy.toml"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/dlproxy.toml"));
+}

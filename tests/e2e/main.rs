@@ -1,0 +1,13 @@
+//! End-to-end tests: the real proxy and the emulator in-process on port 0,
+//! real sockets in between.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cli;
+mod failures;
+mod shutdown;
+mod stream_url;
+mod tls;
+mod transparency;
+mod websocket;
