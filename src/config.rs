@@ -60,6 +60,7 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub sso: SsoConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +122,282 @@ pub struct LimitsConfig {
 pub struct LogConfig {
     /// `text` or `json`.
     pub format: String,
+}
+
+/// Server-side sign-in: which provider supplies user tokens and how they
+/// reach the bot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SsoConfig {
+    /// `none`, `static`, `http`, `header` or `oauth2`.
+    pub provider: String,
+    /// Upper bound on one card's decision; then the card goes out unchanged.
+    pub timeout_ms: u64,
+    /// Enabled flows in order of preference: `invoke`, `token_post`.
+    pub flows: Vec<String>,
+    /// Hosts a `sasUrl` may point at: exact names, or `*.` for subdomains.
+    pub token_post_allow_hosts: Vec<String>,
+    /// Base64 AES-256 keys sealing the conversation token into `streamUrl`;
+    /// the first seals, all open (rotation). Empty: a per-process key.
+    pub seal_keys: Vec<String>,
+    /// How long a decided card id is remembered (exchange once).
+    pub decision_ttl_secs: u64,
+    /// How many decided card ids are remembered at most.
+    pub decision_capacity: usize,
+    pub http: Option<HttpProviderConfig>,
+    #[serde(rename = "static")]
+    pub static_token: Option<StaticProviderConfig>,
+    pub header: Option<HeaderProviderConfig>,
+    pub oauth2: Option<OAuth2ProviderConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProviderConfig {
+    pub url: String,
+    /// Headers copied from the end user's request to the auth API.
+    #[serde(default = "default_forward_headers")]
+    pub forward_headers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticProviderConfig {
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderProviderConfig {
+    #[serde(default = "default_token_header")]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2ProviderConfig {
+    /// The OAuth 2.0 token endpoint.
+    pub token_url: String,
+    /// `token_exchange` (RFC 8693) or `on_behalf_of` (Microsoft Entra ID).
+    pub grant: String,
+    pub client_id: String,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// File holding the client secret (e.g. a mounted Kubernetes Secret).
+    pub client_secret_file: Option<PathBuf>,
+    /// Header of the end user's request carrying their incoming token.
+    #[serde(default = "default_token_header")]
+    pub header: String,
+}
+
+fn default_forward_headers() -> Vec<String> {
+    vec!["cookie".into(), "authorization".into()]
+}
+
+fn default_token_header() -> String {
+    "x-forwarded-access-token".into()
+}
+
+pub const SSO_PROVIDERS: [&str; 5] = ["none", "static", "http", "header", "oauth2"];
+pub const SSO_FLOWS: [&str; 2] = ["invoke", "token_post"];
+pub const OAUTH2_GRANTS: [&str; 2] = ["token_exchange", "on_behalf_of"];
+
+impl Default for SsoConfig {
+    fn default() -> Self {
+        SsoConfig {
+            provider: "none".into(),
+            timeout_ms: 3_000,
+            flows: SSO_FLOWS.iter().map(|f| f.to_string()).collect(),
+            token_post_allow_hosts: vec![
+                "token.botframework.com".into(),
+                "*.token.botframework.com".into(),
+                "token.botframework.azure.us".into(),
+            ],
+            seal_keys: Vec::new(),
+            decision_ttl_secs: 3_600,
+            decision_capacity: 100_000,
+            http: None,
+            static_token: None,
+            header: None,
+            oauth2: None,
+        }
+    }
+}
+
+impl SsoConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !SSO_PROVIDERS.contains(&self.provider.as_str()) {
+            return Err(ConfigError::invalid(
+                "sso.provider",
+                &self.provider,
+                format!("expected one of {}", SSO_PROVIDERS.join(", ")),
+            ));
+        }
+        check_range("sso.timeout_ms", self.timeout_ms, 1, 600_000)?;
+        check_range(
+            "sso.decision_ttl_secs",
+            self.decision_ttl_secs,
+            1,
+            7 * 24 * 3_600,
+        )?;
+        check_range(
+            "sso.decision_capacity",
+            self.decision_capacity as u64,
+            1,
+            10_000_000,
+        )?;
+        self.validate_flows()?;
+        self.validate_allow_hosts()?;
+        for key in &self.seal_keys {
+            crate::sso::seal::decode_key(key)
+                .map_err(|allowed| ConfigError::invalid("sso.seal_keys", "<hidden>", allowed))?;
+        }
+        self.validate_provider_section()
+    }
+
+    fn validate_flows(&self) -> Result<(), ConfigError> {
+        if self.flows.is_empty() {
+            return Err(ConfigError::invalid(
+                "sso.flows",
+                "[]",
+                "expected at least one of \"invoke\", \"token_post\"",
+            ));
+        }
+        for flow in &self.flows {
+            if !SSO_FLOWS.contains(&flow.as_str()) {
+                return Err(ConfigError::invalid(
+                    "sso.flows",
+                    flow,
+                    "expected \"invoke\" or \"token_post\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_allow_hosts(&self) -> Result<(), ConfigError> {
+        for host in &self.token_post_allow_hosts {
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            let valid = !name.is_empty()
+                && !name.contains('*')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+            if !valid {
+                return Err(ConfigError::invalid(
+                    "sso.token_post_allow_hosts",
+                    host,
+                    "expected a host name such as \"token.botframework.com\" or \"*.example.com\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_provider_section(&self) -> Result<(), ConfigError> {
+        match self.provider.as_str() {
+            "static" => match &self.static_token {
+                Some(s) if !s.token.is_empty() => Ok(()),
+                _ => Err(missing_section("sso.static.token", "a non-empty token")),
+            },
+            "http" => {
+                let http = self
+                    .http
+                    .as_ref()
+                    .ok_or_else(|| missing_section("sso.http.url", "the auth API URL"))?;
+                parse_base_url_with_query("sso.http.url", &http.url)?;
+                validate_header_names("sso.http.forward_headers", &http.forward_headers)
+            }
+            "header" => {
+                let name = self
+                    .header
+                    .as_ref()
+                    .map_or_else(default_token_header, |h| h.name.clone());
+                validate_header_names("sso.header.name", &[name])
+            }
+            "oauth2" => self.validate_oauth2(),
+            _ => Ok(()),
+        }
+    }
+
+    fn validate_oauth2(&self) -> Result<(), ConfigError> {
+        let oauth2 = self.oauth2.as_ref().ok_or_else(|| {
+            missing_section("sso.oauth2.token_url", "the OAuth 2.0 token endpoint URL")
+        })?;
+        parse_base_url_with_query("sso.oauth2.token_url", &oauth2.token_url)?;
+        if !OAUTH2_GRANTS.contains(&oauth2.grant.as_str()) {
+            return Err(ConfigError::invalid(
+                "sso.oauth2.grant",
+                &oauth2.grant,
+                "expected \"token_exchange\" (RFC 8693) or \"on_behalf_of\" (Microsoft Entra ID)",
+            ));
+        }
+        if oauth2.client_id.is_empty() {
+            return Err(ConfigError::invalid(
+                "sso.oauth2.client_id",
+                "",
+                "expected the client (application) id",
+            ));
+        }
+        if oauth2.client_secret_env.is_none() && oauth2.client_secret_file.is_none() {
+            return Err(missing_section(
+                "sso.oauth2.client_secret_env",
+                "client_secret_env or client_secret_file (the secret is never written in the config)",
+            ));
+        }
+        validate_header_names("sso.oauth2.header", std::slice::from_ref(&oauth2.header))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.provider != "none"
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    pub fn decision_ttl(&self) -> Duration {
+        Duration::from_secs(self.decision_ttl_secs)
+    }
+}
+
+fn missing_section(key: &str, allowed: &str) -> ConfigError {
+    ConfigError::invalid(
+        key,
+        "",
+        format!("is required by this sso.provider: {allowed}"),
+    )
+}
+
+fn validate_header_names(key: &str, names: &[String]) -> Result<(), ConfigError> {
+    for name in names {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(ConfigError::invalid(
+                key,
+                name,
+                "expected an HTTP header name",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Like [`parse_base_url`] but a query is allowed (auth endpoints may need one).
+fn parse_base_url_with_query(key: &str, value: &str) -> Result<http::Uri, ConfigError> {
+    let uri: Option<http::Uri> = value.parse().ok();
+    match uri {
+        Some(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.host().is_some_and(|h| !h.is_empty()) =>
+        {
+            Ok(uri)
+        }
+        _ => Err(ConfigError::invalid(
+            key,
+            value,
+            "expected an absolute http/https URL with a host",
+        )),
+    }
 }
 
 impl Default for ListenConfig {
@@ -219,7 +496,8 @@ impl Config {
         self.upstream.validate()?;
         self.websocket.validate()?;
         self.limits.validate()?;
-        self.log.validate()
+        self.log.validate()?;
+        self.sso.validate()
     }
 }
 

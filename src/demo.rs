@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use thiserror::Error;
 
-use crate::config::Config;
+use crate::config::{Config, StaticProviderConfig};
 use crate::emulator::{Emulator, EmulatorConfig, EmulatorError};
 use crate::{StartError, start};
 
@@ -18,16 +18,42 @@ pub enum DemoError {
     Proxy(#[from] StartError),
 }
 
-/// Runs until `stop` resolves, then shuts both down.
-pub async fn run(listen: SocketAddr, stop: impl Future<Output = ()>) -> Result<(), DemoError> {
-    let emulator = Emulator::start(EmulatorConfig::default()).await?;
+/// The token the demo provider hands out; the emulator's bot accepts it.
+const DEMO_USER_TOKEN: &str = "demo-user-token";
+
+/// The proxy config the demo runs: the emulator upstream and, unless
+/// `sso` is false, a static provider whose token the emulator's bot accepts.
+pub fn config(listen: SocketAddr, emulator: &Emulator, sso: bool) -> Config {
     let mut config = Config::default();
     config.listen.addr = listen.to_string();
     config.upstream.url = emulator.base_url();
-    let proxy = start(config).await?;
+    if sso {
+        config.sso.provider = "static".into();
+        config.sso.static_token = Some(StaticProviderConfig {
+            token: DEMO_USER_TOKEN.into(),
+        });
+        let emulator_host = emulator.addr().ip().to_string();
+        config.sso.token_post_allow_hosts.push(emulator_host);
+    }
+    config
+}
+
+/// Runs until `stop` resolves, then shuts both down.
+pub async fn run(
+    listen: SocketAddr,
+    sso: bool,
+    stop: impl Future<Output = ()>,
+) -> Result<(), DemoError> {
+    let emulator = Emulator::start(EmulatorConfig {
+        accepted_sso_tokens: vec![DEMO_USER_TOKEN.into()],
+        ..EmulatorConfig::default()
+    })
+    .await?;
+    let proxy = start(config(listen, &emulator, sso)).await?;
+    let (proxy_url, emulator_url) = (proxy.base_url(), emulator.base_url());
     println!(
         "{}",
-        walkthrough(&proxy.base_url(), &emulator.base_url(), emulator.secret())
+        walkthrough(&proxy_url, &emulator_url, emulator.secret(), sso)
     );
     stop.await;
     proxy.shutdown().await;
@@ -35,7 +61,20 @@ pub async fn run(listen: SocketAddr, stop: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-fn walkthrough(proxy: &str, emulator: &str, secret: &str) -> String {
+fn walkthrough(proxy: &str, emulator: &str, secret: &str, sso: bool) -> String {
+    let sso_part = if sso {
+        format!(
+            r#"
+Server-side SSO is ON (provider "static", token "{DEMO_USER_TOKEN}"):
+  send "signin" in step 2: the bot sends an OAuth card, the proxy exchanges the
+  token with the bot and removes the card, so you only see "You are now signed in."
+  Compare: poll the emulator directly ({emulator}/v3/directline/...) and the card is there,
+  or restart with `directline-proxy demo --no-sso` and the card reaches you."#
+        )
+    } else {
+        "\nServer-side SSO is OFF (--no-sso): \"signin\" shows the bot's OAuth card as it is."
+            .to_string()
+    };
     format!(
         r#"
 directline-proxy demo
@@ -58,6 +97,7 @@ Try it (another terminal):
   # 4. or open the streamUrl from step 1 with any WebSocket client, e.g. websocat "$STREAM_URL"
 
 Bot commands: help, sequence, large, fail, signin (an OAuth card), anything else is echoed.
+{sso_part}
 Web Chat / DirectLineJS: set domain to {proxy}/v3/directline and use the secret above.
 Ctrl-C stops both.
 "#

@@ -12,6 +12,7 @@ pub mod forward;
 pub mod logging;
 pub mod proxy;
 pub mod server;
+pub mod sso;
 pub mod tls;
 pub mod upstream;
 
@@ -30,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ConfigError};
 use crate::directline::stream_url::PublicBase;
 use crate::proxy::Shared;
+use crate::sso::Sso;
 use crate::upstream::{Upstream, UpstreamSetupError};
 
 #[derive(Debug, Error)]
@@ -40,6 +42,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("upstream client: {0}")]
     Upstream(#[from] UpstreamSetupError),
+    #[error("sso: {0}")]
+    Sso(#[from] sso::SsoSetupError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -97,7 +101,8 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         }
         _ => None,
     };
-    let upstream = Upstream::new(&config.upstream)?;
+    let upstream = Arc::new(Upstream::new(&config.upstream)?);
+    let sso = Sso::new(&config.sso, upstream.clone())?.map(Arc::new);
     let configured_public_base = config
         .listen
         .public_base()?
@@ -115,6 +120,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         tls: tls.is_some(),
         config,
         upstream,
+        sso,
         configured_public_base,
         streams: TaskTracker::new(),
         shutdown: CancellationToken::new(),
@@ -122,7 +128,13 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     });
     let stop = CancellationToken::new();
     let task = server::spawn(server::Listener { tcp, tls }, shared.clone(), stop.clone());
-    tracing::info!(%local_addr, tls = shared.tls, upstream = %shared.upstream.base(), "proxy listening");
+    tracing::info!(
+        %local_addr,
+        tls = shared.tls,
+        upstream = %shared.upstream.base(),
+        sso = shared.config.sso.provider.as_str(),
+        "proxy listening"
+    );
     Ok(RunningProxy {
         local_addr,
         tls: shared.tls,

@@ -32,6 +32,9 @@ enum Command {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Run the proxy without server-side SSO (`sso.provider = "none"`).
+        #[arg(long)]
+        no_sso: bool,
     },
     /// Only the built-in Direct Line emulator and its scripted bot.
     Emulator {
@@ -53,9 +56,9 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => run(&cli.config).await,
             Command::Check => check(&cli.config),
-            Command::Demo { listen } => {
+            Command::Demo { listen, no_sso } => {
                 logging::init(false);
-                report(demo::run(listen, shutdown_signal()).await)
+                report(demo::run(listen, !no_sso, shutdown_signal()).await)
             }
             Command::Emulator { listen } => {
                 logging::init(false);

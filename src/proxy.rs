@@ -19,11 +19,14 @@ use crate::directline::route::{PREFIX, Route};
 use crate::directline::stream_url::PublicBase;
 use crate::directline::{rest, stream};
 use crate::forward::ClientInfo;
+use crate::sso::Sso;
 use crate::upstream::Upstream;
 
 pub struct Shared {
     pub config: Config,
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
+    /// Server-side sign-in; `None` when `sso.provider = "none"`.
+    pub sso: Option<Arc<Sso>>,
     pub configured_public_base: Option<PublicBase>,
     pub tls: bool,
     pub websocket_config: WebSocketConfig,
@@ -110,8 +113,10 @@ async fn directline(
     async move {
         let started = Instant::now();
         let response = match route {
-            Route::Stream { .. } if stream::is_upgrade(&request) => {
-                stream::upgrade(shared, request, client).await
+            Route::Stream {
+                ref conversation_id,
+            } if stream::is_upgrade(&request) => {
+                stream::upgrade(shared, conversation_id, request, client).await
             }
             _ => rest::relay(shared, &route, request, client).await,
         };

@@ -59,9 +59,13 @@ impl UpstreamError {
     }
 }
 
+/// The pooled HTTP/1.1 client (http and https) the proxy makes every
+/// outgoing call with: upstream, token post, providers.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
 /// Direct Line behind one base URL, with a pooled HTTP/1.1 client.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    client: HttpClient,
     base: Uri,
     request_timeout: Duration,
 }
@@ -111,6 +115,11 @@ impl Upstream {
 
     pub fn base(&self) -> &Uri {
         &self.base
+    }
+
+    /// A handle on the same connection pool, for calls to other hosts.
+    pub fn client(&self) -> HttpClient {
+        self.client.clone()
     }
 
     /// Sends `request` and waits for the response headers, at most the

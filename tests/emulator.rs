@@ -586,6 +586,15 @@ async fn rejected_token_exchange_is_502_with_412_and_keeps_the_prompt() {
     let answer = post(&em, &path, token, &wrong_connection).await;
     assert_eq!(answer.json()["httpStatusCode"], 400);
 
+    let mut other_user = invoke(&card, "demo-user-token");
+    other_user["from"]["id"] = json!("dl_someone_else");
+    let answer = post(&em, &path, token, &other_user).await;
+    assert_eq!(
+        answer.json()["httpStatusCode"],
+        412,
+        "the wrong user is not signed in"
+    );
+
     let accepted = post(&em, &path, token, &invoke(&card, "demo-user-token")).await;
     assert_eq!(accepted.status, StatusCode::OK);
 }

@@ -12,7 +12,10 @@ use http::Method;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{Stack, activities_until, ws_connect};
+use common::{EmulatorConfig, Stack, activities_until, ws_connect};
+use directline_proxy::config::StaticProviderConfig;
+
+const USER_TOKEN: &str = "user-token-that-must-not-leak";
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -45,11 +48,12 @@ fn capture_all_logs() -> Captured {
         .json()
         .with_current_span(true)
         .with_span_list(true)
-        // Everything the proxy and its libraries log. Off: the emulator (the
-        // test's upstream) and tungstenite's client handshake, which only the
-        // test's own WebSocket client runs (the proxy relays the handshake
-        // through hyper).
-        .with_env_filter("trace,directline_proxy::emulator=off,tungstenite::handshake::client=off")
+        // Everything the proxy logs at the most verbose level it allows.
+        // Off: the emulator (the test's upstream) and tungstenite's client
+        // handshake, which only the test's own WebSocket client runs.
+        .with_env_filter(directline_proxy::logging::filter(
+            "trace,directline_proxy::emulator=off,tungstenite::handshake::client=off",
+        ))
         .with_writer(move || writer.clone())
         .init();
     captured
@@ -58,7 +62,19 @@ fn capture_all_logs() -> Captured {
 #[tokio::test]
 async fn logs_of_a_full_conversation_contain_no_token_or_secret() {
     let logs = capture_all_logs();
-    let stack = Stack::start().await;
+    let emulator = EmulatorConfig {
+        keepalive_interval: None,
+        accepted_sso_tokens: vec![USER_TOKEN.into()],
+        ..Default::default()
+    };
+    let stack = Stack::start_with(emulator, |c| {
+        c.sso.provider = "static".into();
+        c.sso.static_token = Some(StaticProviderConfig {
+            token: USER_TOKEN.into(),
+        });
+        c.sso.token_post_allow_hosts.push("127.0.0.1".into());
+    })
+    .await;
     let secret = stack.secret();
     let generated = stack
         .http
@@ -92,8 +108,24 @@ async fn logs_of_a_full_conversation_contain_no_token_or_secret() {
         .expect("t")
         .to_string();
     let mut ws = ws_connect(&conv.stream_url).await;
+    let sealed = conv
+        .stream_url
+        .split("dlpx=")
+        .nth(1)
+        .expect("sealed context")
+        .to_string();
     conv.say(&stack.http, "hello").await;
     activities_until(&mut ws, "You said: hello").await;
+    for card in ["signin exchange", "signin post"] {
+        conv.say(&stack.http, card).await;
+        activities_until(&mut ws, directline_proxy::emulator::SIGNED_IN).await;
+    }
+    assert_eq!(
+        stack.emulator.invokes_received(&conv.id).len(),
+        1,
+        "SSO ran"
+    );
+    assert_eq!(stack.emulator.token_posts_received().len(), 1, "SSO ran");
     conv.poll(&stack.http, None).await;
     let cookie = "session=cookie-value-that-must-not-leak";
     let auth = format!("Bearer {}", conv.token);
@@ -121,6 +153,7 @@ async fn logs_of_a_full_conversation_contain_no_token_or_secret() {
 
     let text = logs.text();
     assert!(text.contains("request done"), "requests are logged at all");
+    assert!(text.contains("sso decision"), "decisions are logged");
     assert!(text.contains(&conv.id), "lines carry the conversation id");
     for (what, secret_value) in [
         ("secret", secret.as_str()),
@@ -130,6 +163,8 @@ async fn logs_of_a_full_conversation_contain_no_token_or_secret() {
         ("stream token", stream_token.as_str()),
         ("reconnect token", reconnect_token.as_str()),
         ("cookie", "cookie-value-that-must-not-leak"),
+        ("user token", USER_TOKEN),
+        ("sealed stream context", sealed.as_str()),
     ] {
         let leak = text.lines().find(|line| line.contains(secret_value));
         assert!(leak.is_none(), "the {what} appears in the logs: {leak:?}");

@@ -1,11 +1,39 @@
-//! The inspection step every text frame from the bot passes through.
+//! The inspection step every ActivitySet from the bot passes through, on
+//! the stream and on the polling path.
 //!
-//! Today it is the identity: the frame goes out as the same bytes, without a
-//! parse or a copy (`Utf8Bytes` is reference-counted). Server-side SSO hooks
-//! in here: it will look for OAuth cards and may hold or rewrite a frame.
+//! Without SSO it is the identity: the frame goes out as the same bytes,
+//! without a parse or a copy (`Utf8Bytes` is reference-counted). With SSO,
+//! [`Sso::process`] may hold the frame while a card is decided and may
+//! return a rewritten set.
+
+use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-pub fn bot_text(text: Utf8Bytes) -> Utf8Bytes {
-    text
+use crate::sso::{Access, Sso};
+
+/// One stream's inspection: the SSO engine and the conversation it serves.
+#[derive(Default)]
+pub struct Inspector {
+    sso: Option<(Arc<Sso>, Access)>,
+}
+
+impl Inspector {
+    pub fn new(sso: Option<Arc<Sso>>, access: Access) -> Inspector {
+        Inspector {
+            sso: sso.map(|sso| (sso, access)),
+        }
+    }
+
+    pub async fn bot_text(&self, text: Utf8Bytes) -> Utf8Bytes {
+        let Some((sso, access)) = &self.sso else {
+            return text;
+        };
+        match sso.process(access, text.as_bytes()).await {
+            Some(rewritten) => String::from_utf8(rewritten)
+                .map(Utf8Bytes::from)
+                .unwrap_or(text),
+            None => text,
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Direct Line 3.0: routing, the REST relay, the WebSocket relay.
 
+pub mod activity;
 pub mod inspect;
 pub mod relay;
 pub mod rest;

@@ -13,13 +13,15 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-use super::inspect;
+use super::inspect::Inspector;
 
 pub struct RelaySettings {
     /// How long the second half of a close handshake may take.
     pub close_timeout: Duration,
     /// Cancelled when the proxy shuts down: both sides get 1001.
     pub shutdown: CancellationToken,
+    /// What every text frame from the bot passes through.
+    pub inspector: Inspector,
 }
 
 /// How a relayed stream ended, for the log.
@@ -70,9 +72,11 @@ impl Direction {
         }
     }
 
-    fn prepare(self, message: Message) -> Message {
+    async fn prepare(self, message: Message, inspector: &Inspector) -> Message {
         match (self, message) {
-            (Direction::ToClient, Message::Text(text)) => Message::Text(inspect::bot_text(text)),
+            (Direction::ToClient, Message::Text(text)) => {
+                Message::Text(inspector.bot_text(text).await)
+            }
             (_, message) => message,
         }
     }
@@ -88,8 +92,19 @@ where
     let (mut client_tx, mut client_rx) = client.split();
     let (mut upstream_tx, mut upstream_rx) = upstream.split();
     let outcome = {
-        let to_upstream = pump(&mut client_rx, &mut upstream_tx, Direction::ToUpstream);
-        let to_client = pump(&mut upstream_rx, &mut client_tx, Direction::ToClient);
+        let inspector = &settings.inspector;
+        let to_upstream = pump(
+            &mut client_rx,
+            &mut upstream_tx,
+            Direction::ToUpstream,
+            inspector,
+        );
+        let to_client = pump(
+            &mut upstream_rx,
+            &mut client_tx,
+            Direction::ToClient,
+            inspector,
+        );
         tokio::pin!(to_upstream, to_client);
         tokio::select! {
             outcome = &mut to_upstream => {
@@ -119,7 +134,12 @@ where
     outcome
 }
 
-async fn pump<S, K>(source: &mut S, sink: &mut K, direction: Direction) -> Outcome
+async fn pump<S, K>(
+    source: &mut S,
+    sink: &mut K,
+    direction: Direction,
+    inspector: &Inspector,
+) -> Outcome
 where
     S: Stream<Item = Result<Message, WsError>> + Unpin,
     K: Sink<Message, Error = WsError> + Unpin,
@@ -132,7 +152,8 @@ where
                 return direction.outcome(true);
             }
             Some(Ok(message)) => {
-                if sink.send(direction.prepare(message)).await.is_err() {
+                let message = direction.prepare(message, inspector).await;
+                if sink.send(message).await.is_err() {
                     return direction.destination_lost();
                 }
             }

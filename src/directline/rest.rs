@@ -1,6 +1,7 @@
 //! The REST relay: every call under `/v3/directline/` goes to the upstream
-//! with path and query intact; conversation responses get their
-//! `streamUrl` pointed at the proxy.
+//! with path and query intact. Two kinds of answer are read whole and
+//! rewritten: conversation responses (their `streamUrl` points at the proxy)
+//! and, with SSO on, polled ActivitySets (the inspection pipeline).
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, Version, header};
@@ -8,11 +9,26 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::route::Route;
-use super::stream_url;
+use super::stream_url::{self, PublicBase};
 use crate::body::{BoxError, ProxyBody, directline_error, full};
 use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::proxy::Shared;
+use crate::sso::providers::bearer_value;
+use crate::sso::{Access, seal};
 use crate::upstream::UpstreamError;
+
+/// What happens to the upstream's answer.
+enum Treatment {
+    Pass,
+    RewriteStreamUrl(PublicBase),
+    InspectPoll(Access),
+}
+
+impl Treatment {
+    fn reads_body(&self) -> bool {
+        !matches!(self, Treatment::Pass)
+    }
+}
 
 pub async fn relay(
     shared: &Shared,
@@ -24,11 +40,8 @@ pub async fn relay(
     if let Some(response) = reject_oversized(shared, request.headers()) {
         return response;
     }
-    let public_base = route
-        .returns_stream_url()
-        .then(|| shared.public_base(request.uri(), request.headers()))
-        .flatten();
-    let upstream_request = match upstream_request(shared, route, request, client) {
+    let treatment = treatment(shared, route, &request);
+    let upstream_request = match upstream_request(shared, &treatment, request, client) {
         Ok(req) => req,
         Err(error) => return error.to_response(),
     };
@@ -42,15 +55,50 @@ pub async fn relay(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.version = client_version;
-    match public_base {
-        Some(public) if parts.status.is_success() => {
-            let body = rewrite_stream_url(shared, body, &public, &mut parts.headers).await;
-            match body {
-                Ok(body) => Response::from_parts(parts, body),
-                Err(response) => response,
-            }
+    if !treatment.reads_body() || !parts.status.is_success() {
+        return Response::from_parts(parts, body.map_err(BoxError::from).boxed());
+    }
+    let bytes = match read_whole(shared, body).await {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
+    };
+    let rewritten = match &treatment {
+        Treatment::RewriteStreamUrl(public) => rewrite_stream_url(shared, &bytes, public),
+        Treatment::InspectPoll(access) => match &shared.sso {
+            Some(sso) => sso.process(access, &bytes).await,
+            None => None,
+        },
+        Treatment::Pass => None,
+    };
+    let body = match rewritten {
+        Some(rewritten) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            full(rewritten)
         }
-        _ => Response::from_parts(parts, body.map_err(BoxError::from).boxed()),
+        None => full(bytes),
+    };
+    Response::from_parts(parts, body)
+}
+
+fn treatment(shared: &Shared, route: &Route, request: &Request<Incoming>) -> Treatment {
+    match (route, &shared.sso) {
+        (Route::StartConversation | Route::Reconnect { .. }, _) => shared
+            .public_base(request.uri(), request.headers())
+            .map_or(Treatment::Pass, Treatment::RewriteStreamUrl),
+        (Route::Poll { conversation_id }, Some(sso)) => {
+            let token = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(bearer_value)
+                .map(str::to_string);
+            Treatment::InspectPoll(Access {
+                conversation_id: conversation_id.clone(),
+                token,
+                user_headers: sso.capture_headers(request.headers()),
+            })
+        }
+        _ => Treatment::Pass,
     }
 }
 
@@ -72,7 +120,7 @@ fn reject_oversized(shared: &Shared, headers: &HeaderMap) -> Option<Response<Pro
 
 fn upstream_request(
     shared: &Shared,
-    route: &Route,
+    treatment: &Treatment,
     request: Request<Incoming>,
     client: &ClientInfo,
 ) -> Result<Request<ProxyBody>, UpstreamError> {
@@ -81,7 +129,7 @@ fn upstream_request(
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
-    if route.returns_stream_url() {
+    if treatment.reads_body() {
         // The body is read and rewritten, so it must arrive uncompressed.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
@@ -95,34 +143,39 @@ fn upstream_request(
     Ok(Request::from_parts(parts, body))
 }
 
-async fn rewrite_stream_url(
-    shared: &Shared,
-    body: Incoming,
-    public: &stream_url::PublicBase,
-    headers: &mut HeaderMap,
-) -> Result<ProxyBody, Response<ProxyBody>> {
+async fn read_whole(shared: &Shared, body: Incoming) -> Result<Bytes, Response<ProxyBody>> {
     let limit = shared.config.limits.max_rewrite_body_bytes;
-    let bytes: Bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
         Err(error) => {
-            tracing::warn!(%error, "conversation response could not be read");
-            return Err(directline_error(
+            tracing::warn!(%error, "upstream response could not be read whole");
+            Err(directline_error(
                 StatusCode::BAD_GATEWAY,
                 "BadGateway",
                 "The Direct Line response could not be read.",
-            ));
+            ))
         }
-    };
+    }
+}
+
+/// `streamUrl` pointed at the proxy; with SSO on it also carries the sealed
+/// conversation token the stream relay needs for the invoke flow.
+fn rewrite_stream_url(shared: &Shared, bytes: &[u8], public: &PublicBase) -> Option<Vec<u8>> {
+    let sealed = shared.sso.as_ref().and_then(|sso| {
+        let (conversation_id, token) = stream_url::conversation_and_token(bytes)?;
+        let context = seal::StreamContext { token };
+        sso.sealer()
+            .seal(&conversation_id, &context)
+            .inspect_err(|error| tracing::warn!(%error, "stream context not sealed"))
+            .ok()
+    });
+    let extra = sealed.as_deref().map(|value| (seal::PARAM, value));
     let upstream_path = shared.upstream.base().path();
-    match stream_url::rewrite(&bytes, public, upstream_path) {
-        Ok(Some(rewritten)) => {
-            headers.remove(header::CONTENT_LENGTH);
-            Ok(full(rewritten))
-        }
-        Ok(None) => Ok(full(bytes)),
+    match stream_url::rewrite(bytes, public, upstream_path, extra) {
+        Ok(rewritten) => rewritten,
         Err(error) => {
             tracing::warn!(%error, "streamUrl left unchanged");
-            Ok(full(bytes))
+            None
         }
     }
 }

@@ -17,10 +17,12 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::Instrument;
 
-use super::relay;
+use super::inspect::Inspector;
+use super::{relay, stream_url};
 use crate::body::{BoxError, ProxyBody, directline_error, empty};
 use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::proxy::Shared;
+use crate::sso::{Access, seal};
 use crate::upstream::UpstreamError;
 
 /// Whether the request asks for a WebSocket upgrade (RFC 6455 section 4.2.1).
@@ -42,9 +44,11 @@ pub fn is_upgrade(request: &Request<Incoming>) -> bool {
 /// and spawns the relay, otherwise passes the upstream's answer through.
 pub async fn upgrade(
     shared: &Shared,
+    conversation_id: &str,
     mut request: Request<Incoming>,
     client: &ClientInfo,
 ) -> Response<ProxyBody> {
+    let inspector = inspector_for(shared, conversation_id, &mut request);
     let Some(client_key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return bad_handshake();
     };
@@ -88,8 +92,35 @@ pub async fn upgrade(
     }
     let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
     let response = client_switching_protocols(upstream_response);
-    spawn_relay(shared, client_upgrade, upstream_upgrade, slot);
+    spawn_relay(shared, client_upgrade, upstream_upgrade, slot, inspector);
     response
+}
+
+/// With SSO on: takes the sealed context out of the query (the upstream
+/// never sees it) and keeps what the stream needs to act for the user.
+fn inspector_for(
+    shared: &Shared,
+    conversation_id: &str,
+    request: &mut Request<Incoming>,
+) -> Inspector {
+    let Some(sso) = &shared.sso else {
+        return Inspector::default();
+    };
+    let (stripped, sealed) = stream_url::take_query_param(request.uri(), seal::PARAM);
+    *request.uri_mut() = stripped;
+    let token = sealed.and_then(|sealed| match sso.sealer().open(conversation_id, &sealed) {
+        Ok(context) => Some(context.token),
+        Err(error) => {
+            tracing::warn!(%error, "stream context refused: the invoke flow is off for this stream");
+            None
+        }
+    });
+    let access = Access {
+        conversation_id: conversation_id.to_string(),
+        token,
+        user_headers: sso.capture_headers(request.headers()),
+    };
+    Inspector::new(Some(sso.clone()), access)
 }
 
 fn bad_handshake() -> Response<ProxyBody> {
@@ -145,11 +176,13 @@ fn spawn_relay(
     client: OnUpgrade,
     upstream: OnUpgrade,
     slot: OwnedSemaphorePermit,
+    inspector: Inspector,
 ) {
     let config = shared.websocket_config;
     let settings = relay::RelaySettings {
         close_timeout: shared.config.websocket.close_timeout(),
         shutdown: shared.shutdown.clone(),
+        inspector,
     };
     let span = tracing::Span::current();
     shared.streams.spawn(

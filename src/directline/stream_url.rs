@@ -70,16 +70,32 @@ impl PublicBase {
         })
     }
 
-    fn url_for(&self, upstream_url: &Uri, upstream_base_path: &str) -> Option<String> {
+    fn url_for(
+        &self,
+        upstream_url: &Uri,
+        upstream_base_path: &str,
+        extra: Option<(&str, &str)>,
+    ) -> Option<String> {
         let path_and_query = upstream_url.path_and_query()?.as_str();
         let prefix = upstream_base_path.trim_end_matches('/');
         let relative = path_and_query
             .strip_prefix(prefix)
             .unwrap_or(path_and_query);
-        Some(format!(
+        let mut url = format!(
             "{}://{}{}{}",
             self.scheme, self.authority, self.path_prefix, relative
-        ))
+        );
+        if let Some((name, value)) = extra {
+            url.push(if upstream_url.query().is_some() {
+                '&'
+            } else {
+                '?'
+            });
+            url.push_str(name);
+            url.push('=');
+            url.extend(form_urlencoded::byte_serialize(value.as_bytes()));
+        }
+        Some(url)
     }
 }
 
@@ -97,12 +113,60 @@ struct StreamUrlField<'a> {
     stream_url: Option<&'a RawValue>,
 }
 
-/// Returns the body with `streamUrl` pointing at `public`, or `None` when the
-/// body has no `streamUrl` (nothing to change).
+#[derive(Deserialize)]
+struct ConversationFields {
+    #[serde(rename = "conversationId")]
+    conversation_id: Option<String>,
+    token: Option<String>,
+}
+
+/// `conversationId` and `token` of a conversation response, when both are there.
+pub fn conversation_and_token(body: &[u8]) -> Option<(String, String)> {
+    let fields: ConversationFields = serde_json::from_slice(body).ok()?;
+    Some((fields.conversation_id?, fields.token?))
+}
+
+/// Removes query parameter `name` from `uri`, keeping every other byte of
+/// the query; returns its (undecoded) value.
+pub fn take_query_param(uri: &Uri, name: &str) -> (Uri, Option<String>) {
+    let Some(query) = uri.query() else {
+        return (uri.clone(), None);
+    };
+    let prefix = format!("{name}=");
+    let mut value = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.strip_prefix(&prefix) {
+            Some(v) if value.is_none() => {
+                value = Some(v.to_string());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    if value.is_none() {
+        return (uri.clone(), None);
+    }
+    let path_and_query = if kept.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = path_and_query.parse().ok();
+    match Uri::from_parts(parts) {
+        Ok(stripped) => (stripped, value),
+        Err(_) => (uri.clone(), None),
+    }
+}
+
+/// Returns the body with `streamUrl` pointing at `public` (plus the query
+/// parameter `extra`, if any), or `None` when the body has no `streamUrl`.
 pub fn rewrite(
     body: &[u8],
     public: &PublicBase,
     upstream_base_path: &str,
+    extra: Option<(&str, &str)>,
 ) -> Result<Option<Vec<u8>>, RewriteError> {
     let field: StreamUrlField<'_> =
         serde_json::from_slice(body).map_err(|e| RewriteError::NotJson(e.to_string()))?;
@@ -113,7 +177,7 @@ pub fn rewrite(
         serde_json::from_str(raw.get()).map_err(|_| RewriteError::BadStreamUrl)?;
     let upstream_url: Uri = current.parse().map_err(|_| RewriteError::BadStreamUrl)?;
     let new_url = public
-        .url_for(&upstream_url, upstream_base_path)
+        .url_for(&upstream_url, upstream_base_path, extra)
         .ok_or(RewriteError::BadStreamUrl)?;
     let encoded = serde_json::to_string(&new_url).map_err(|_| RewriteError::BadStreamUrl)?;
     // The raw value borrows from `body`, so its position is exact.
@@ -136,7 +200,7 @@ mod tests {
     }
 
     fn rewritten(body: &str, public: &PublicBase) -> String {
-        let out = rewrite(body.as_bytes(), public, "/")
+        let out = rewrite(body.as_bytes(), public, "/", None)
             .expect("rewrite")
             .expect("changed");
         String::from_utf8(out).expect("utf8")
@@ -167,7 +231,7 @@ mod tests {
     #[test]
     fn upstream_base_path_is_replaced_by_the_public_prefix() {
         let body = r#"{"streamUrl":"ws://up/base/v3/directline/conversations/c/stream?t=x"}"#;
-        let out = rewrite(body.as_bytes(), &base("wss://p"), "/base")
+        let out = rewrite(body.as_bytes(), &base("wss://p"), "/base", None)
             .expect("ok")
             .expect("changed");
         assert_eq!(
@@ -177,22 +241,66 @@ mod tests {
     }
 
     #[test]
+    fn an_extra_parameter_is_appended_encoded() {
+        let body = r#"{"streamUrl":"wss://dl/v3/directline/conversations/c/stream?t=x"}"#;
+        let out = rewrite(
+            body.as_bytes(),
+            &base("http://p"),
+            "/",
+            Some(("dlpx", "a+b/c")),
+        )
+        .expect("ok")
+        .expect("changed");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            r#"{"streamUrl":"ws://p/v3/directline/conversations/c/stream?t=x&dlpx=a%2Bb%2Fc"}"#
+        );
+    }
+
+    #[test]
+    fn a_query_parameter_is_taken_out_and_the_rest_kept() {
+        let uri: Uri = "/v3/directline/conversations/c/stream?watermark=-&dlpx=SEALED&t=a%20b"
+            .parse()
+            .expect("uri");
+        let (stripped, value) = take_query_param(&uri, "dlpx");
+        assert_eq!(value.as_deref(), Some("SEALED"));
+        assert_eq!(
+            stripped,
+            "/v3/directline/conversations/c/stream?watermark=-&t=a%20b"
+        );
+        let only: Uri = "/s?dlpx=x".parse().expect("uri");
+        assert_eq!(take_query_param(&only, "dlpx").0, "/s");
+        let none: Uri = "/s?t=1".parse().expect("uri");
+        assert_eq!(take_query_param(&none, "dlpx"), (none.clone(), None));
+    }
+
+    #[test]
+    fn conversation_and_token_are_read_from_the_body() {
+        let body = br#"{"conversationId":"c","token":"tok","streamUrl":"x"}"#;
+        assert_eq!(
+            conversation_and_token(body),
+            Some(("c".into(), "tok".into()))
+        );
+        assert_eq!(conversation_and_token(br#"{"conversationId":"c"}"#), None);
+    }
+
+    #[test]
     fn body_without_stream_url_is_left_alone() {
         assert_eq!(
-            rewrite(br#"{"conversationId":"c"}"#, &base("http://p"), "/"),
+            rewrite(br#"{"conversationId":"c"}"#, &base("http://p"), "/", None),
             Ok(None)
         );
     }
 
     #[test]
     fn malformed_bodies_are_errors_not_panics() {
-        assert!(rewrite(b"not json", &base("http://p"), "/").is_err());
+        assert!(rewrite(b"not json", &base("http://p"), "/", None).is_err());
         assert_eq!(
-            rewrite(br#"{"streamUrl":42}"#, &base("http://p"), "/"),
+            rewrite(br#"{"streamUrl":42}"#, &base("http://p"), "/", None),
             Err(RewriteError::BadStreamUrl)
         );
         assert_eq!(
-            rewrite(br#"{"streamUrl":"::"}"#, &base("http://p"), "/"),
+            rewrite(br#"{"streamUrl":"::"}"#, &base("http://p"), "/", None),
             Err(RewriteError::BadStreamUrl)
         );
     }

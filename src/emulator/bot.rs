@@ -260,7 +260,8 @@ fn prompt(
 
 /// `signin/tokenExchange`, answered like botbuilder's `OAuthPrompt`:
 /// 501 with no prompt waiting, 400 for a malformed value or another
-/// connection, 412 when the token cannot be exchanged, else 200 after the
+/// connection, 412 when the token cannot be exchanged or the invoke comes
+/// from another account than the card was sent to, else 200 after the
 /// "signed in" message.
 fn on_invoke(shared: &Shared, conversation: &Conversation, activity: &Value) -> BotResult {
     if activity["name"] != "signin/tokenExchange" || !conversation.has_prompts() {
@@ -283,7 +284,12 @@ fn on_invoke(shared: &Shared, conversation: &Conversation, activity: &Value) -> 
         return Err(failure(400, "the connection name does not match"));
     }
     let accepted = shared.config.accepted_sso_tokens.iter().any(|t| t == token);
-    if prompt.is_none() || !accepted || !conversation.take_prompt(id) {
+    // The bot stores the token under `from.id`: an invoke from another
+    // account would sign in the wrong user, so it is refused.
+    let same_user = prompt
+        .as_ref()
+        .is_some_and(|p| p.user["id"] == activity["from"]["id"]);
+    if prompt.is_none() || !accepted || !same_user || !conversation.take_prompt(id) {
         return Err(failure(412, "the token could not be exchanged"));
     }
     forget_sas(shared, prompt.as_ref().and_then(|p| p.sas_id.as_deref()));

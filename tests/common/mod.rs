@@ -22,6 +22,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod endpoint;
+
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub fn repo_path(relative: &str) -> PathBuf {

@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod failures;
 mod shutdown;
+mod sso;
 mod stream_url;
 mod tls;
 mod transparency;

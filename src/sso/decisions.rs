@@ -1,0 +1,216 @@
+//! Exchange once: what was decided for a card is remembered (bounded, with
+//! a TTL), and a card being decided is decided once even when the stream
+//! and a poll see it at the same time.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+/// Conversation id and card id.
+pub type Key = (String, String);
+
+enum Entry {
+    Pending(watch::Receiver<Option<bool>>),
+    Done { success: bool, at: Instant },
+}
+
+pub enum Begin<'a> {
+    /// Decided before: `true` when the exchange succeeded.
+    Decided(bool),
+    /// Someone else is deciding; the receiver yields their result.
+    Wait(watch::Receiver<Option<bool>>),
+    /// The caller decides and must report through the guard.
+    Lead(Lead<'a>),
+}
+
+pub struct Decisions {
+    inner: Mutex<Inner>,
+    ttl: Duration,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<Key, Entry>,
+    order: VecDeque<(Key, Instant)>,
+}
+
+impl Decisions {
+    pub fn new(ttl: Duration, capacity: usize) -> Decisions {
+        Decisions {
+            inner: Mutex::new(Inner::default()),
+            ttl,
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn begin(&self, key: Key) -> Begin<'_> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        match inner.entries.get(&key) {
+            Some(Entry::Done { success, at }) if now.duration_since(*at) < self.ttl => {
+                return Begin::Decided(*success);
+            }
+            Some(Entry::Pending(receiver)) => return Begin::Wait(receiver.clone()),
+            _ => {}
+        }
+        let (sender, receiver) = watch::channel(None);
+        inner.entries.insert(key.clone(), Entry::Pending(receiver));
+        Begin::Lead(Lead {
+            decisions: self,
+            key,
+            sender,
+            finished: false,
+        })
+    }
+
+    fn finish(&self, key: &Key, success: bool) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner
+            .entries
+            .insert(key.clone(), Entry::Done { success, at: now });
+        inner.order.push_back((key.clone(), now));
+        self.evict(&mut inner, now);
+    }
+
+    /// Drops expired entries, then the oldest while over capacity.
+    fn evict(&self, inner: &mut Inner, now: Instant) {
+        while let Some((key, at)) = inner.order.front().cloned() {
+            let expired = now.duration_since(at) >= self.ttl;
+            if !expired && inner.order.len() <= self.capacity {
+                break;
+            }
+            inner.order.pop_front();
+            // Only remove the entry if it is the one this queue slot records.
+            if matches!(inner.entries.get(&key), Some(Entry::Done { at: done, .. }) if *done == at)
+            {
+                inner.entries.remove(&key);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+}
+
+/// The right and duty to decide one card. Dropped without a result (the
+/// decision was cancelled, e.g. by the timeout) it records a failure, so the
+/// card is not retried in a loop.
+pub struct Lead<'a> {
+    decisions: &'a Decisions,
+    key: Key,
+    sender: watch::Sender<Option<bool>>,
+    finished: bool,
+}
+
+impl Lead<'_> {
+    pub fn finish(mut self, success: bool) {
+        self.record(success);
+    }
+
+    fn record(&mut self, success: bool) {
+        if !self.finished {
+            self.finished = true;
+            self.decisions.finish(&self.key, success);
+            let _ = self.sender.send(Some(success));
+        }
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.record(false);
+    }
+}
+
+/// Waits for another decider's result; a vanished decider counts as failure.
+pub async fn wait(mut receiver: watch::Receiver<Option<bool>>) -> bool {
+    match receiver.wait_for(Option::is_some).await {
+        Ok(result) => result.unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(card: &str) -> Key {
+        ("conv".into(), card.into())
+    }
+
+    #[test]
+    fn a_success_is_remembered_within_the_ttl() {
+        let decisions = Decisions::new(Duration::from_secs(60), 10);
+        let Begin::Lead(lead) = decisions.begin(key("a")) else {
+            panic!("first is the lead")
+        };
+        lead.finish(true);
+        assert!(matches!(decisions.begin(key("a")), Begin::Decided(true)));
+        assert!(matches!(
+            decisions.begin(("other".into(), "a".into())),
+            Begin::Lead(_)
+        ));
+    }
+
+    #[test]
+    fn a_cancelled_decision_counts_as_failure() {
+        let decisions = Decisions::new(Duration::from_secs(60), 10);
+        let Begin::Lead(lead) = decisions.begin(key("a")) else {
+            panic!("lead")
+        };
+        drop(lead);
+        assert!(matches!(decisions.begin(key("a")), Begin::Decided(false)));
+    }
+
+    #[tokio::test]
+    async fn a_second_asker_waits_for_the_first() {
+        let decisions = Decisions::new(Duration::from_secs(60), 10);
+        let Begin::Lead(lead) = decisions.begin(key("a")) else {
+            panic!("lead")
+        };
+        let Begin::Wait(receiver) = decisions.begin(key("a")) else {
+            panic!("wait")
+        };
+        lead.finish(true);
+        assert!(wait(receiver).await);
+    }
+
+    #[test]
+    fn entries_expire_after_the_ttl() {
+        let decisions = Decisions::new(Duration::ZERO, 10);
+        let Begin::Lead(lead) = decisions.begin(key("a")) else {
+            panic!("lead")
+        };
+        lead.finish(true);
+        assert!(matches!(decisions.begin(key("a")), Begin::Lead(_)));
+    }
+
+    #[test]
+    fn capacity_bounds_the_memory() {
+        let decisions = Decisions::new(Duration::from_secs(60), 3);
+        for card in ["a", "b", "c", "d", "e"] {
+            let Begin::Lead(lead) = decisions.begin(key(card)) else {
+                panic!("lead")
+            };
+            lead.finish(true);
+        }
+        assert_eq!(decisions.len(), 3);
+        assert!(
+            matches!(decisions.begin(key("a")), Begin::Lead(_)),
+            "oldest evicted"
+        );
+        assert!(matches!(decisions.begin(key("e")), Begin::Decided(true)));
+    }
+}

@@ -1,0 +1,242 @@
+//! Server-side sign-in: decide each OAuth card the bot sends, exchange the
+//! user's token for it, and remove it when that worked.
+//!
+//! The pipeline for one ActivitySet (stream frame or poll body):
+//! 1. fast path: no OAuth marker and no proxy-invoke marker, same bytes out;
+//! 2. parse the set, keeping each activity's bytes;
+//! 3. decide every card concurrently, each bounded by `sso.timeout_ms`
+//!    (exchange once: a decided card id is not decided again);
+//! 4. remove exchanged cards and echoes of the proxy's own invokes,
+//!    re-serialising only the activities that changed.
+
+pub mod decisions;
+pub mod flows;
+pub mod metrics;
+pub mod providers;
+pub mod seal;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use http::{HeaderMap, Uri};
+use thiserror::Error;
+
+use crate::config::SsoConfig;
+use crate::directline::activity::{self, ActivitySet, Markers, OAuthCard};
+use crate::upstream::{HttpClient, Upstream};
+use decisions::{Begin, Decisions};
+use flows::{AllowList, ExchangeError, Flow, InvokeTarget};
+use metrics::{Outcome, SsoMetrics};
+use providers::{Provider, ProviderError, ProviderSetupError, TokenRequest};
+use seal::{SealError, Sealer};
+
+/// How long a sealed stream context stays valid: the client must open the
+/// stream within 60 s of receiving the URL; an hour leaves room for clocks.
+const SEAL_LIFETIME: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Error)]
+pub enum SsoSetupError {
+    #[error(transparent)]
+    Provider(#[from] ProviderSetupError),
+    #[error("sso.seal_keys: {0}")]
+    Seal(#[from] SealError),
+}
+
+/// What the proxy knows of the conversation a frame or poll belongs to,
+/// all taken from the request that carries that stream or poll.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub conversation_id: String,
+    /// The conversation token (never the stream token `t=`).
+    pub token: Option<String>,
+    /// The user's request headers the provider reads.
+    pub user_headers: HeaderMap,
+}
+
+pub struct Sso {
+    provider: Provider,
+    flows: Vec<Flow>,
+    allow: AllowList,
+    decisions: Decisions,
+    sealer: Sealer,
+    markers: Markers,
+    timeout: Duration,
+    upstream: Arc<Upstream>,
+    client: HttpClient,
+    metrics: SsoMetrics,
+}
+
+impl Sso {
+    /// `None` when `sso.provider = "none"`.
+    pub fn new(config: &SsoConfig, upstream: Arc<Upstream>) -> Result<Option<Sso>, SsoSetupError> {
+        let Some(provider) = Provider::from_config(config, upstream.client())? else {
+            return Ok(None);
+        };
+        if config.seal_keys.is_empty() {
+            tracing::warn!(
+                "sso.seal_keys is empty: a per-process key is used, so a stream opened on another replica gets no invoke flow"
+            );
+        }
+        Ok(Some(Sso {
+            flows: config.flows.iter().filter_map(|f| Flow::parse(f)).collect(),
+            allow: AllowList::new(&config.token_post_allow_hosts),
+            decisions: Decisions::new(config.decision_ttl(), config.decision_capacity),
+            sealer: Sealer::new(&config.seal_keys, SEAL_LIFETIME)?,
+            markers: Markers::default(),
+            timeout: config.timeout(),
+            client: upstream.client(),
+            upstream,
+            provider,
+            metrics: SsoMetrics::default(),
+        }))
+    }
+
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    pub fn metrics(&self) -> &SsoMetrics {
+        &self.metrics
+    }
+
+    /// Only the headers the provider reads are kept from a user's request.
+    pub fn capture_headers(&self, headers: &HeaderMap) -> HeaderMap {
+        let mut kept = HeaderMap::new();
+        for name in self.provider.header_names() {
+            for value in headers.get_all(&name) {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+        kept
+    }
+
+    /// The set with exchanged cards and proxy echoes removed, or `None` when
+    /// the bytes go out unchanged.
+    pub async fn process(&self, access: &Access, bytes: &[u8]) -> Option<Vec<u8>> {
+        if !self.markers.present(bytes) {
+            return None;
+        }
+        let set = ActivitySet::parse(bytes)?;
+        let findings = activity::scan(&set, &self.markers);
+        if findings.is_empty() {
+            return None;
+        }
+        let outcomes = join_all(findings.cards.iter().map(|card| self.decide(access, card))).await;
+        let exchanged: Vec<&OAuthCard> = findings
+            .cards
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, success)| *success)
+            .map(|(card, _)| card)
+            .collect();
+        if exchanged.is_empty() && findings.proxy_invokes.is_empty() {
+            return None;
+        }
+        Some(activity::rewrite(&set, &findings, &exchanged))
+    }
+
+    /// `true` when the card may be removed.
+    async fn decide(&self, access: &Access, card: &OAuthCard) -> bool {
+        self.metrics.card_seen();
+        let (Some(flow), Some(card_id)) = (self.flow_for(card), card.id()) else {
+            tracing::debug!(conversation_id = %access.conversation_id, "OAuth card offers no enabled flow");
+            return false;
+        };
+        let lead = match self
+            .decisions
+            .begin((access.conversation_id.clone(), card_id.to_string()))
+        {
+            Begin::Decided(success) => return success,
+            Begin::Wait(receiver) => {
+                return tokio::time::timeout(self.timeout, decisions::wait(receiver))
+                    .await
+                    .unwrap_or(false);
+            }
+            Begin::Lead(lead) => lead,
+        };
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.timeout, self.attempt(flow, access, card))
+            .await
+            .unwrap_or(Outcome::Timeout);
+        let elapsed = started.elapsed();
+        self.metrics.record(flow, outcome, elapsed);
+        tracing::info!(
+            conversation_id = %access.conversation_id,
+            flow = flow.as_str(),
+            outcome = outcome.as_str(),
+            provider = self.provider.name(),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "sso decision"
+        );
+        let success = outcome == Outcome::Success;
+        lead.finish(success);
+        success
+    }
+
+    fn flow_for(&self, card: &OAuthCard) -> Option<Flow> {
+        self.flows.iter().copied().find(|flow| flow.fits(card))
+    }
+
+    async fn attempt(&self, flow: Flow, access: &Access, card: &OAuthCard) -> Outcome {
+        let sas_url: Option<Uri> = card.sas_url.as_deref().and_then(|u| u.parse().ok());
+        if flow == Flow::TokenPost && !sas_url.as_ref().is_some_and(|u| self.allow.permits(u)) {
+            tracing::warn!(
+                conversation_id = %access.conversation_id,
+                host = sas_url.as_ref().and_then(Uri::host).unwrap_or("<unparsable>"),
+                "token post refused: sasUrl host is not in sso.token_post_allow_hosts"
+            );
+            return Outcome::NotAllowed;
+        }
+        let Some(user_id) = card.user_id.as_deref() else {
+            return Outcome::NoContext;
+        };
+        let exchange = card.exchange.as_ref();
+        let request = TokenRequest {
+            conversation_id: &access.conversation_id,
+            user_id,
+            connection_name: card.connection_name.as_deref().unwrap_or_default(),
+            resource_uri: exchange.and_then(|e| e.uri.as_deref()),
+            provider_id: exchange.and_then(|e| e.provider_id.as_deref()),
+            user_headers: &access.user_headers,
+        };
+        let token = match self.provider.token(&request).await {
+            Ok(token) => token,
+            Err(error) => return provider_outcome(&access.conversation_id, &error),
+        };
+        let result = match (flow, sas_url) {
+            (Flow::TokenPost, Some(url)) => flows::token_post(&self.client, &url, &token).await,
+            (Flow::Invoke, _) => {
+                let Some(conversation_token) = access.token.as_deref() else {
+                    return Outcome::NoContext;
+                };
+                let target = InvokeTarget {
+                    conversation_id: &access.conversation_id,
+                    conversation_token,
+                    user_id,
+                };
+                flows::invoke(&self.upstream, &target, card, &token).await
+            }
+            (Flow::TokenPost, None) => return Outcome::NotAllowed,
+        };
+        match result {
+            Ok(()) => Outcome::Success,
+            Err(error) => {
+                let kind = match error {
+                    ExchangeError::Rejected(_) => "refused",
+                    ExchangeError::Transport(_) => "failed",
+                };
+                tracing::info!(conversation_id = %access.conversation_id, %error, "token exchange {kind}");
+                Outcome::Rejected
+            }
+        }
+    }
+}
+
+fn provider_outcome(conversation_id: &str, error: &ProviderError) -> Outcome {
+    tracing::info!(%conversation_id, %error, "no user token from the provider");
+    match error {
+        ProviderError::NoToken(_) => Outcome::NoToken,
+        ProviderError::Failed(_) => Outcome::ProviderError,
+    }
+}

@@ -1,0 +1,145 @@
+//! `http`: the customer's own auth API. The proxy POSTs what it knows of
+//! the card and copies only the configured headers of the user's request
+//! (typically the session cookie); 200 `{"token": "..."}` is a token.
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Limited};
+use serde::Deserialize;
+
+use super::{ProviderError, ProviderSetupError, TokenRequest};
+use crate::body::full;
+use crate::config::HttpProviderConfig;
+use crate::upstream::HttpClient;
+
+/// An auth API answer larger than this is not a token.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+pub struct HttpProvider {
+    url: Uri,
+    forward_headers: Vec<HeaderName>,
+    client: HttpClient,
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    token: Option<String>,
+}
+
+impl HttpProvider {
+    pub fn new(
+        config: &HttpProviderConfig,
+        client: HttpClient,
+    ) -> Result<HttpProvider, ProviderSetupError> {
+        Ok(HttpProvider {
+            url: config
+                .url
+                .parse()
+                .map_err(|_| ProviderSetupError::Invalid("sso.http.url"))?,
+            forward_headers: config
+                .forward_headers
+                .iter()
+                .map(|name| HeaderName::from_bytes(name.as_bytes()))
+                .collect::<Result<_, _>>()
+                .map_err(|_| ProviderSetupError::Invalid("sso.http.forward_headers"))?,
+            client,
+        })
+    }
+
+    pub fn forward_headers(&self) -> &[HeaderName] {
+        &self.forward_headers
+    }
+
+    pub async fn token(&self, request: &TokenRequest<'_>) -> Result<String, ProviderError> {
+        let body = serde_json::json!({
+            "conversationId": request.conversation_id,
+            "userId": request.user_id,
+            "connectionName": request.connection_name,
+            "resourceUri": request.resource_uri,
+            "providerId": request.provider_id,
+        });
+        let mut outgoing = Request::builder()
+            .method(Method::POST)
+            .uri(self.url.clone())
+            .header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )
+            .body(full(body.to_string()))
+            .map_err(|e| ProviderError::Failed(e.to_string()))?;
+        for name in &self.forward_headers {
+            for value in request.user_headers.get_all(name) {
+                outgoing.headers_mut().append(name.clone(), value.clone());
+            }
+        }
+        let response = self
+            .client
+            .request(outgoing)
+            .await
+            .map_err(|e| ProviderError::Failed(format!("auth API unreachable: {e}")))?;
+        let status = response.status();
+        let bytes: Bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| ProviderError::Failed(format!("auth API answer unreadable: {e}")))?
+            .to_bytes();
+        interpret(status, &bytes)
+    }
+}
+
+fn interpret(status: StatusCode, body: &[u8]) -> Result<String, ProviderError> {
+    if status.is_server_error() {
+        return Err(ProviderError::Failed(format!("auth API answered {status}")));
+    }
+    if status != StatusCode::OK {
+        return Err(ProviderError::NoToken(format!(
+            "auth API answered {status}"
+        )));
+    }
+    match serde_json::from_slice::<Answer>(body) {
+        Ok(Answer { token: Some(token) }) if !token.is_empty() => Ok(token),
+        Ok(_) => Err(ProviderError::NoToken(
+            "auth API answered without a token".into(),
+        )),
+        Err(_) => Err(ProviderError::Failed("auth API answer is not JSON".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_200_with_a_token_is_a_token() {
+        assert_eq!(
+            interpret(StatusCode::OK, br#"{"token":"t"}"#)
+                .ok()
+                .as_deref(),
+            Some("t")
+        );
+        assert!(matches!(
+            interpret(StatusCode::OK, br#"{"token":""}"#),
+            Err(ProviderError::NoToken(_))
+        ));
+        assert!(matches!(
+            interpret(StatusCode::OK, br#"{}"#),
+            Err(ProviderError::NoToken(_))
+        ));
+        assert!(matches!(
+            interpret(StatusCode::OK, b"<html>"),
+            Err(ProviderError::Failed(_))
+        ));
+        assert!(matches!(
+            interpret(StatusCode::UNAUTHORIZED, b""),
+            Err(ProviderError::NoToken(_))
+        ));
+        assert!(matches!(
+            interpret(StatusCode::NO_CONTENT, b""),
+            Err(ProviderError::NoToken(_))
+        ));
+        assert!(matches!(
+            interpret(StatusCode::BAD_GATEWAY, b""),
+            Err(ProviderError::Failed(_))
+        ));
+    }
+}

@@ -1,0 +1,797 @@
+//! Server-side SSO end to end: the emulator's bot sends OAuth cards, the
+//! proxy exchanges the user's token and removes them, or fails open.
+
+use std::time::Duration;
+
+use directline_proxy::config::{
+    Config, HeaderProviderConfig, HttpProviderConfig, OAuth2ProviderConfig, StaticProviderConfig,
+};
+use directline_proxy::emulator::{EXCHANGE_URI, OAUTH_CARD, SIGNED_IN};
+use futures_util::SinkExt;
+use http::StatusCode;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::common::endpoint::Endpoint;
+use crate::common::{
+    Conversation, Stack, WAIT, activities_until, next_activity_set, next_message, quiet_emulator,
+    ws_connect,
+};
+
+/// The token the emulator's bot accepts by default.
+const USER_TOKEN: &str = "demo-user-token";
+
+fn static_provider(config: &mut Config, token: &str) {
+    config.sso.provider = "static".into();
+    config.sso.static_token = Some(StaticProviderConfig {
+        token: token.into(),
+    });
+    config.sso.token_post_allow_hosts.push("127.0.0.1".into());
+}
+
+fn http_provider(config: &mut Config, url: String) {
+    config.sso.provider = "http".into();
+    config.sso.http = Some(HttpProviderConfig {
+        url,
+        forward_headers: vec!["cookie".into()],
+    });
+}
+
+async fn sso_stack(adjust: impl FnOnce(&mut Config)) -> Stack {
+    Stack::start_with(quiet_emulator(), adjust).await
+}
+
+fn is_oauth_card(activity: &Value) -> bool {
+    activity["attachments"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|a| a["contentType"] == OAUTH_CARD))
+}
+
+fn assert_no_card_and_no_invoke(activities: &[Value]) {
+    for activity in activities {
+        assert!(
+            !is_oauth_card(activity),
+            "an OAuth card reached the client: {activity}"
+        );
+        assert_ne!(
+            activity["type"], "invoke",
+            "the proxy's invoke reached the client: {activity}"
+        );
+    }
+}
+
+/// Reads stream activities until the bot's echo of `marker`, which the test
+/// sends after the interesting part, so everything before it has arrived.
+async fn activities_through(
+    stack: &Stack,
+    conv: &Conversation,
+    ws: &mut crate::common::Ws,
+    marker: &str,
+) -> Vec<Value> {
+    assert_eq!(conv.say(&stack.http, marker).await.status, StatusCode::OK);
+    activities_until(ws, &format!("You said: {marker}")).await
+}
+
+#[tokio::test]
+async fn invoke_flow_on_the_stream_signs_in_and_removes_the_card() {
+    let stack = sso_stack(|c| static_provider(c, USER_TOKEN)).await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    assert!(!conv.stream_url.contains("dlpx=") || conv.stream_url.contains("t="));
+    assert_eq!(
+        conv.say(&stack.http, "signin exchange").await.status,
+        StatusCode::OK
+    );
+    let seen = activities_until(&mut ws, SIGNED_IN).await;
+    assert_no_card_and_no_invoke(&seen);
+
+    let invokes = stack.emulator.invokes_received(&conv.id);
+    assert_eq!(invokes.len(), 1, "exactly one invoke");
+    let invoke = &invokes[0];
+    assert_eq!(invoke["type"], "invoke");
+    assert_eq!(invoke["name"], "signin/tokenExchange");
+    assert_eq!(invoke["value"]["token"], USER_TOKEN);
+    assert_eq!(invoke["value"]["connectionName"], "AAD");
+    assert_eq!(
+        invoke["from"]["id"], "dl_test-user",
+        "the conversation's user"
+    );
+    let posted = stack
+        .emulator
+        .requests()
+        .into_iter()
+        .filter(|r| r.body.windows(20).any(|w| w == b"signin/tokenExchange"))
+        .collect::<Vec<_>>();
+    assert_eq!(posted.len(), 1);
+    let auth = format!("Bearer {}", conv.token);
+    assert_eq!(
+        posted[0].headers["authorization"],
+        auth.as_str(),
+        "the conversation token, not t="
+    );
+    let upgrade = stack
+        .emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.path_and_query.contains("/stream?"))
+        .expect("the stream handshake reached the upstream");
+    assert!(
+        !upgrade.path_and_query.contains("dlpx"),
+        "the sealed context never goes upstream"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_post_flow_on_the_stream_signs_in_and_removes_the_card() {
+    let stack = sso_stack(|c| static_provider(c, USER_TOKEN)).await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    assert_eq!(
+        conv.say(&stack.http, "signin post").await.status,
+        StatusCode::OK
+    );
+    let seen = activities_until(&mut ws, SIGNED_IN).await;
+    assert_no_card_and_no_invoke(&seen);
+    let posts = stack.emulator.token_posts_received();
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0].1, json!({"token": USER_TOKEN}));
+    assert!(stack.emulator.invokes_received(&conv.id).is_empty());
+    stack.shutdown().await;
+}
+
+async fn poll_until_signed_in(stack: &Stack, conv: &Conversation) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut watermark: Option<String> = None;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let reply = conv.poll(&stack.http, watermark.as_deref()).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let set = reply.json();
+        let content_length: usize = reply.headers["content-length"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("number");
+        assert_eq!(
+            content_length,
+            reply.body.len(),
+            "Content-Length matches the rewritten body"
+        );
+        all.extend(set["activities"].as_array().cloned().unwrap_or_default());
+        if let Some(w) = set["watermark"].as_str() {
+            watermark = Some(w.to_string());
+        }
+        if all.iter().any(|a| a["text"] == SIGNED_IN) {
+            return all;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never signed in: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn invoke_flow_on_the_polling_path() {
+    let stack = sso_stack(|c| static_provider(c, USER_TOKEN)).await;
+    let conv = stack.start_conversation().await;
+    assert_eq!(
+        conv.say(&stack.http, "signin exchange").await.status,
+        StatusCode::OK
+    );
+    let seen = poll_until_signed_in(&stack, &conv).await;
+    assert_no_card_and_no_invoke(&seen);
+    assert_eq!(stack.emulator.invokes_received(&conv.id).len(), 1);
+    // A poll from the start replays the card: stripped again, no second invoke.
+    let again = conv.poll(&stack.http, None).await.json();
+    assert_no_card_and_no_invoke(again["activities"].as_array().expect("activities"));
+    assert_eq!(stack.emulator.invokes_received(&conv.id).len(), 1);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_post_flow_on_the_polling_path() {
+    let stack = sso_stack(|c| {
+        static_provider(c, USER_TOKEN);
+        c.sso.flows = vec!["token_post".into()];
+    })
+    .await;
+    let conv = stack.start_conversation().await;
+    assert_eq!(conv.say(&stack.http, "signin").await.status, StatusCode::OK);
+    let seen = poll_until_signed_in(&stack, &conv).await;
+    assert_no_card_and_no_invoke(&seen);
+    assert_eq!(stack.emulator.token_posts_received().len(), 1);
+    assert!(stack.emulator.invokes_received(&conv.id).is_empty());
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_exchange_delivers_the_card_byte_identical() {
+    let stack = sso_stack(|c| static_provider(c, USER_TOKEN)).await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    next_activity_set(&mut ws).await;
+    // A card for a prompt the bot is not waiting on: the bot refuses (502).
+    let frame = format!(
+        "{{\"activities\":[{{\"type\":\"message\",\"id\":\"{}|x\",\"recipient\":{{\"id\":\"dl_test-user\"}},\"attachments\":[{{\"contentType\":\"{OAUTH_CARD}\",\"content\":{{\"connectionName\":\"AAD\",\"tokenExchangeResource\":{{\"id\":\"no-such-prompt\",\"uri\":\"api://x\"}}}}}}]}}],\"watermark\":\"41\"}}",
+        conv.id
+    );
+    assert!(
+        stack
+            .emulator
+            .send_stream_message(&conv.id, Message::Text(frame.clone().into()))
+            .await
+    );
+    assert_eq!(next_message(&mut ws).await, Message::Text(frame.into()));
+    let invokes = stack.emulator.invokes_received(&conv.id);
+    assert_eq!(invokes.len(), 1, "the exchange was tried");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_token_the_bot_rejects_with_412_keeps_the_card_and_the_conversation_goes_on() {
+    let stack = sso_stack(|c| static_provider(c, "not-accepted")).await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    assert_eq!(
+        conv.say(&stack.http, "signin exchange").await.status,
+        StatusCode::OK
+    );
+    let seen = activities_through(&stack, &conv, &mut ws, "after the card").await;
+    assert_eq!(
+        seen.iter().filter(|a| is_oauth_card(a)).count(),
+        1,
+        "the card arrives"
+    );
+    assert!(!seen.iter().any(|a| a["type"] == "invoke"));
+    assert_eq!(stack.emulator.invokes_received(&conv.id).len(), 1);
+    stack.shutdown().await;
+}
+
+async fn card_survives_provider(provider_url: String, sso_timeout_ms: u64) -> Stack {
+    let stack = sso_stack(|c| {
+        http_provider(c, provider_url);
+        c.sso.timeout_ms = sso_timeout_ms;
+    })
+    .await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    assert_eq!(
+        conv.say(&stack.http, "signin exchange").await.status,
+        StatusCode::OK
+    );
+    let seen = activities_through(&stack, &conv, &mut ws, "still talking").await;
+    assert_eq!(
+        seen.iter().filter(|a| is_oauth_card(a)).count(),
+        1,
+        "the card arrives"
+    );
+    assert!(
+        stack.emulator.invokes_received(&conv.id).is_empty(),
+        "no token, no invoke"
+    );
+    stack
+}
+
+#[tokio::test]
+async fn provider_answering_401_keeps_the_card() {
+    let provider = Endpoint::answering(StatusCode::UNAUTHORIZED, "{}").await;
+    let stack = card_survives_provider(provider.url("/token"), 3_000).await;
+    assert_eq!(provider.seen().len(), 1);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn provider_refusing_connections_keeps_the_card() {
+    let unused = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let dead = format!("http://{}/token", unused.local_addr().expect("addr"));
+    drop(unused);
+    card_survives_provider(dead, 3_000).await.shutdown().await;
+}
+
+#[tokio::test]
+async fn provider_slower_than_the_timeout_keeps_the_card() {
+    let provider = Endpoint::start(Duration::from_secs(5), |_| {
+        (StatusCode::OK, json!({"token": USER_TOKEN}).to_string())
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let stack = card_survives_provider(provider.url("/token"), 300).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the card did not wait for the provider"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_provider_gets_the_card_context_and_only_the_configured_headers() {
+    let provider =
+        Endpoint::answering(StatusCode::OK, &json!({"token": USER_TOKEN}).to_string()).await;
+    let stack = sso_stack(|c| http_provider(c, provider.url("/bot-token"))).await;
+    let conv = stack.start_conversation().await;
+    let mut request = conv
+        .stream_url
+        .as_str()
+        .into_client_request()
+        .expect("request");
+    request
+        .headers_mut()
+        .insert("cookie", "session=user-session".parse().expect("value"));
+    request
+        .headers_mut()
+        .insert("x-other", "not-forwarded".parse().expect("value"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
+    assert_eq!(
+        conv.say(&stack.http, "signin exchange").await.status,
+        StatusCode::OK
+    );
+    assert_no_card_and_no_invoke(&activities_until(&mut ws, SIGNED_IN).await);
+    let seen = provider.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].headers["cookie"], "session=user-session");
+    assert!(!seen[0].headers.contains_key("x-other"));
+    let body = seen[0].json();
+    assert_eq!(body["conversationId"], conv.id.as_str());
+    assert_eq!(body["userId"], "dl_test-user");
+    assert_eq!(body["connectionName"], "AAD");
+    assert_eq!(body["resourceUri"], EXCHANGE_URI);
+    assert!(body.get("providerId").is_some());
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_card_without_resources_passes_unchanged() {
+    let stack = sso_stack(|c| static_provider(c, USER_TOKEN)).await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    assert_eq!(
+        conv.say(&stack.http, "signin plain").await.status,
+        StatusCode::OK
+    );
+    let seen = activities_through(&stack, &conv, &mut ws, "next").await;
+    assert_eq!(seen.iter().filter(|a| is_oauth_card(a)).count(), 1);
+    assert!(stack.emulator.invokes_received(&conv.id).is_empty());
+    assert!(stack.emulator.token_posts_received().is_empty());
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hero_card_beside_the_oauth_card_stays() {
+    let stack = sso_stack(|c| static_provider(c, USER_TOKEN)).await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    assert_eq!(
+        conv.say(&stack.http, "signin hero").await.status,
+        StatusCode::OK
+    );
+    let seen = activities_until(&mut ws, SIGNED_IN).await;
+    assert_no_card_and_no_invoke(&seen);
+    let hero = seen
+        .iter()
+        .find(|a| a["attachments"].as_array().is_some_and(|a| !a.is_empty()))
+        .expect("the activity with the hero card is still delivered");
+    assert_eq!(hero["attachments"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        hero["attachments"][0]["contentType"],
+        "application/vnd.microsoft.card.hero"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_content_type_in_text_changes_nothing() {
+    let provider =
+        Endpoint::answering(StatusCode::OK, &json!({"token": USER_TOKEN}).to_string()).await;
+    let stack = sso_stack(|c| http_provider(c, provider.url("/t"))).await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    assert_eq!(
+        conv.say(&stack.http, "signin text").await.status,
+        StatusCode::OK
+    );
+    let seen = activities_until(&mut ws, OAUTH_CARD).await;
+    assert!(
+        seen.iter()
+            .any(|a| a["text"].as_str().is_some_and(|t| t.contains(OAUTH_CARD)))
+    );
+    assert!(provider.seen().is_empty(), "no decision was made");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_cards_in_one_activity_are_both_exchanged() {
+    let stack = sso_stack(|c| static_provider(c, USER_TOKEN)).await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    assert_eq!(
+        conv.say(&stack.http, "signin two").await.status,
+        StatusCode::OK
+    );
+    let seen = activities_through(&stack, &conv, &mut ws, "after two").await;
+    assert_no_card_and_no_invoke(&seen);
+    assert_eq!(stack.emulator.invokes_received(&conv.id).len(), 2);
+    assert_eq!(seen.iter().filter(|a| a["text"] == SIGNED_IN).count(), 2);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_emptied_set_still_delivers_its_watermark() {
+    let stack = sso_stack(|c| static_provider(c, USER_TOKEN)).await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    assert_eq!(
+        conv.say(&stack.http, "signin exchange").await.status,
+        StatusCode::OK
+    );
+    let mut emptied = 0;
+    loop {
+        let set = next_activity_set(&mut ws).await;
+        let activities = set["activities"].as_array().expect("activities array");
+        if activities.is_empty() {
+            assert!(
+                set["watermark"].is_string(),
+                "the watermark survives: {set}"
+            );
+            emptied += 1;
+        }
+        if activities.iter().any(|a| a["text"] == SIGNED_IN) {
+            break;
+        }
+    }
+    assert!(emptied >= 1, "the card's set arrived emptied");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn frames_after_a_card_wait_for_its_decision_and_keep_their_order() {
+    let provider = Endpoint::start(Duration::from_millis(400), |_| {
+        (StatusCode::OK, json!({"token": USER_TOKEN}).to_string())
+    })
+    .await;
+    let stack = sso_stack(|c| http_provider(c, provider.url("/slow"))).await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    assert_eq!(
+        conv.say(&stack.http, "signin exchange").await.status,
+        StatusCode::OK
+    );
+    for n in 1..=5 {
+        assert_eq!(
+            conv.say(&stack.http, &format!("message {n}")).await.status,
+            StatusCode::OK
+        );
+    }
+    // The provider answers after the bot replied to all five messages, so
+    // "signed in" comes last upstream: every reply waited behind the card.
+    let seen = activities_until(&mut ws, SIGNED_IN).await;
+    assert_no_card_and_no_invoke(&seen);
+    let ids: Vec<String> = seen
+        .iter()
+        .filter_map(|a| a["id"].as_str().map(str::to_string))
+        .collect();
+    let direct = stack
+        .http
+        .get(
+            &format!(
+                "{}/v3/directline/conversations/{}/activities",
+                stack.emulator.base_url(),
+                conv.id
+            ),
+            &conv.token,
+        )
+        .await
+        .json();
+    let expected: Vec<String> = direct["activities"]
+        .as_array()
+        .expect("activities")
+        .iter()
+        .filter(|a| !is_oauth_card(a) && a["type"] != "invoke")
+        .filter_map(|a| a["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(ids, expected, "nothing lost, nothing reordered");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_client_to_bot_direction_never_waits_for_a_decision() {
+    let provider = Endpoint::start(Duration::from_millis(1500), |_| {
+        (StatusCode::OK, json!({"token": USER_TOKEN}).to_string())
+    })
+    .await;
+    let stack = sso_stack(|c| http_provider(c, provider.url("/slow"))).await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    next_activity_set(&mut ws).await;
+    assert_eq!(
+        conv.say(&stack.http, "signin exchange").await.status,
+        StatusCode::OK
+    );
+    // While the card is being decided, a frame from the client reaches the bot.
+    ws.send(Message::Text("client frame".into()))
+        .await
+        .expect("send");
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1200);
+    loop {
+        let received = stack.emulator.stream_messages_received(&conv.id);
+        if received.contains(&Message::Text("client frame".into())) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client's frame waited behind the decision"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replay_after_reconnect_is_stripped_without_a_second_invoke() {
+    let stack = sso_stack(|c| static_provider(c, USER_TOKEN)).await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    assert_eq!(
+        conv.say(&stack.http, "signin exchange").await.status,
+        StatusCode::OK
+    );
+    assert_no_card_and_no_invoke(&activities_until(&mut ws, SIGNED_IN).await);
+    ws.send(Message::Close(None)).await.expect("close");
+    drop(ws);
+
+    let reconnect = stack
+        .http
+        .get(&conv.url("?watermark=-"), &conv.token)
+        .await
+        .json();
+    let url = reconnect["streamUrl"].as_str().expect("streamUrl");
+    let mut ws = ws_connect(url).await;
+    let replay = next_activity_set(&mut ws).await;
+    let replayed = replay["activities"].as_array().expect("activities");
+    assert!(
+        replayed.iter().any(|a| a["text"] == SIGNED_IN),
+        "the whole history was replayed"
+    );
+    assert_no_card_and_no_invoke(replayed);
+    assert_eq!(
+        stack.emulator.invokes_received(&conv.id).len(),
+        1,
+        "exactly one invoke"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sas_url_on_a_host_not_allowed_is_never_posted_to() {
+    let stack = sso_stack(|c| {
+        static_provider(c, USER_TOKEN);
+        c.sso.token_post_allow_hosts = vec!["token.botframework.com".into()];
+        c.sso.flows = vec!["token_post".into()];
+    })
+    .await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    assert_eq!(
+        conv.say(&stack.http, "signin post").await.status,
+        StatusCode::OK
+    );
+    let seen = activities_through(&stack, &conv, &mut ws, "later").await;
+    assert_eq!(seen.iter().filter(|a| is_oauth_card(a)).count(), 1);
+    assert!(stack.emulator.token_posts_received().is_empty());
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_conversation_started_on_one_replica_gets_sso_on_another() {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let replicas = |c: &mut Config| {
+        static_provider(c, USER_TOKEN);
+        c.sso.seal_keys = vec![key.clone()];
+    };
+    let stack = sso_stack(replicas).await;
+    let mut other = crate::common::proxy_config(&stack.emulator.base_url());
+    replicas(&mut other);
+    let replica_b = directline_proxy::start(other).await.expect("replica B");
+
+    let conv = stack.start_conversation().await; // through replica A
+    let via_b = conv.stream_url.replace(
+        &stack.proxy.local_addr().to_string(),
+        &replica_b.local_addr().to_string(),
+    );
+    assert_ne!(via_b, conv.stream_url);
+    let mut ws = ws_connect(&via_b).await;
+    assert_eq!(
+        conv.say(&stack.http, "signin exchange").await.status,
+        StatusCode::OK
+    );
+    assert_no_card_and_no_invoke(&activities_until(&mut ws, SIGNED_IN).await);
+    assert_eq!(stack.emulator.invokes_received(&conv.id).len(), 1);
+    replica_b.shutdown().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn header_provider_takes_the_token_from_the_users_request() {
+    let stack = sso_stack(|c| {
+        c.sso.provider = "header".into();
+        c.sso.header = Some(HeaderProviderConfig {
+            name: "x-forwarded-access-token".into(),
+        });
+    })
+    .await;
+    let conv = stack.start_conversation().await;
+    let mut request = conv
+        .stream_url
+        .as_str()
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "x-forwarded-access-token",
+        format!("Bearer {USER_TOKEN}").parse().expect("value"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
+    assert_eq!(
+        conv.say(&stack.http, "signin exchange").await.status,
+        StatusCode::OK
+    );
+    assert_no_card_and_no_invoke(&activities_until(&mut ws, SIGNED_IN).await);
+    assert_eq!(
+        stack.emulator.invokes_received(&conv.id)[0]["value"]["token"],
+        USER_TOKEN
+    );
+    stack.shutdown().await;
+}
+
+async fn oauth2_stack(grant: &str, token_endpoint: &Endpoint, secret_var: &str) -> Stack {
+    // SAFETY of the test: the variable name is unique to this test.
+    unsafe { std::env::set_var(secret_var, "client-secret-value") };
+    let url = token_endpoint.url("/oauth2/token");
+    let grant = grant.to_string();
+    let secret_var = secret_var.to_string();
+    sso_stack(move |c| {
+        c.sso.provider = "oauth2".into();
+        c.sso.oauth2 = Some(OAuth2ProviderConfig {
+            token_url: url,
+            grant,
+            client_id: "proxy-client".into(),
+            client_secret_env: Some(secret_var),
+            client_secret_file: None,
+            header: "x-forwarded-access-token".into(),
+        });
+    })
+    .await
+}
+
+async fn sign_in_with_incoming_token(stack: &Stack, incoming: &str, signins: usize) {
+    let conv = stack.start_conversation().await;
+    let mut request = conv
+        .stream_url
+        .as_str()
+        .into_client_request()
+        .expect("request");
+    request
+        .headers_mut()
+        .insert("x-forwarded-access-token", incoming.parse().expect("value"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
+    for _ in 0..signins {
+        assert_eq!(
+            conv.say(&stack.http, "signin exchange").await.status,
+            StatusCode::OK
+        );
+        assert_no_card_and_no_invoke(&activities_until(&mut ws, SIGNED_IN).await);
+    }
+}
+
+fn token_answer(_: &crate::common::endpoint::Seen) -> (StatusCode, String) {
+    (
+        StatusCode::OK,
+        json!({"access_token": USER_TOKEN, "token_type": "Bearer", "expires_in": 3600}).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn oauth2_token_exchange_sends_an_rfc_8693_request_and_caches_the_result() {
+    let endpoint = Endpoint::start(Duration::ZERO, token_answer).await;
+    let stack = oauth2_stack("token_exchange", &endpoint, "DLPROXY_TEST_RFC8693_SECRET").await;
+    sign_in_with_incoming_token(&stack, "incoming-user-token", 2).await;
+    let seen = endpoint.seen();
+    assert_eq!(
+        seen.len(),
+        1,
+        "the second card of the same user and resource used the cache"
+    );
+    let request = &seen[0];
+    assert_eq!(
+        request.form_value("grant_type").as_deref(),
+        Some("urn:ietf:params:oauth:grant-type:token-exchange")
+    );
+    assert_eq!(
+        request.form_value("subject_token").as_deref(),
+        Some("incoming-user-token")
+    );
+    assert_eq!(
+        request.form_value("subject_token_type").as_deref(),
+        Some("urn:ietf:params:oauth:token-type:access_token")
+    );
+    assert_eq!(
+        request.form_value("audience").as_deref(),
+        Some(EXCHANGE_URI)
+    );
+    use base64::Engine;
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode("proxy-client:client-secret-value");
+    assert_eq!(
+        request.headers["authorization"],
+        format!("Basic {basic}").as_str()
+    );
+    assert_eq!(
+        request.headers["content-type"],
+        "application/x-www-form-urlencoded"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn oauth2_on_behalf_of_sends_the_entra_request_shape() {
+    let endpoint = Endpoint::start(Duration::ZERO, token_answer).await;
+    let stack = oauth2_stack("on_behalf_of", &endpoint, "DLPROXY_TEST_OBO_SECRET").await;
+    sign_in_with_incoming_token(&stack, "Bearer incoming-jwt", 1).await;
+    let request = &endpoint.seen()[0];
+    assert_eq!(
+        request.form_value("grant_type").as_deref(),
+        Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    );
+    assert_eq!(
+        request.form_value("assertion").as_deref(),
+        Some("incoming-jwt")
+    );
+    assert_eq!(
+        request.form_value("requested_token_use").as_deref(),
+        Some("on_behalf_of")
+    );
+    assert_eq!(
+        request.form_value("client_id").as_deref(),
+        Some("proxy-client")
+    );
+    assert_eq!(
+        request.form_value("client_secret").as_deref(),
+        Some("client-secret-value")
+    );
+    assert_eq!(
+        request.form_value("scope").as_deref(),
+        Some(EXCHANGE_URI),
+        "a URI naming a scope is kept"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn oauth2_invalid_grant_keeps_the_card() {
+    let endpoint =
+        Endpoint::answering(StatusCode::BAD_REQUEST, r#"{"error":"invalid_grant"}"#).await;
+    let stack = oauth2_stack("on_behalf_of", &endpoint, "DLPROXY_TEST_OBO_FAIL_SECRET").await;
+    let conv = stack.start_conversation().await;
+    let mut request = conv
+        .stream_url
+        .as_str()
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "x-forwarded-access-token",
+        "expired".parse().expect("value"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
+    assert_eq!(
+        conv.say(&stack.http, "signin exchange").await.status,
+        StatusCode::OK
+    );
+    let seen = activities_through(&stack, &conv, &mut ws, "then").await;
+    assert_eq!(seen.iter().filter(|a| is_oauth_card(a)).count(), 1);
+    stack.shutdown().await;
+}
