@@ -935,4 +935,119 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn sso_provider_must_be_known() {
+        let err = error_text("[sso]\nprovider = \"magic\"\n");
+        assert!(
+            err.contains("sso.provider") && err.contains("\"magic\""),
+            "{err}"
+        );
+        assert!(err.contains("oauth2"), "{err}");
+    }
+
+    #[test]
+    fn sso_provider_needs_its_section() {
+        let err = error_text("[sso]\nprovider = \"static\"\n");
+        assert!(err.contains("sso.static.token"), "{err}");
+        let err = error_text("[sso]\nprovider = \"http\"\n");
+        assert!(err.contains("sso.http.url"), "{err}");
+        let err = error_text("[sso]\nprovider = \"oauth2\"\n");
+        assert!(err.contains("sso.oauth2.token_url"), "{err}");
+    }
+
+    #[test]
+    fn sso_http_url_and_headers_are_checked() {
+        let err = error_text("[sso]\nprovider = \"http\"\n[sso.http]\nurl = \"auth\"\n");
+        assert!(
+            err.contains("sso.http.url") && err.contains("\"auth\""),
+            "{err}"
+        );
+        let err = error_text(
+            "[sso]\nprovider = \"http\"\n[sso.http]\nurl = \"https://a\"\nforward_headers = [\"bad header\"]\n",
+        );
+        assert!(err.contains("sso.http.forward_headers"), "{err}");
+        let ok = parse(
+            "[sso]\nprovider = \"http\"\n[sso.http]\nurl = \"https://auth.example.com/t?x=1\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            ok.sso.http.expect("section").forward_headers,
+            vec!["cookie", "authorization"]
+        );
+    }
+
+    #[test]
+    fn sso_flows_and_allow_hosts_are_checked() {
+        let err = error_text("[sso]\nflows = [\"carrier_pigeon\"]\n");
+        assert!(
+            err.contains("sso.flows") && err.contains("carrier_pigeon"),
+            "{err}"
+        );
+        let err = error_text("[sso]\nflows = []\n");
+        assert!(err.contains("sso.flows"), "{err}");
+        let err = error_text("[sso]\ntoken_post_allow_hosts = [\"https://x/\"]\n");
+        assert!(err.contains("sso.token_post_allow_hosts"), "{err}");
+        let err = error_text("[sso]\ntoken_post_allow_hosts = [\"a.*.com\"]\n");
+        assert!(err.contains("sso.token_post_allow_hosts"), "{err}");
+    }
+
+    #[test]
+    fn sso_seal_keys_are_checked_without_echoing_them() {
+        let err = error_text("[sso]\nseal_keys = [\"c2VjcmV0LWJ1dC1zaG9ydA==\"]\n");
+        assert!(
+            err.contains("sso.seal_keys") && err.contains("32 random bytes"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("c2VjcmV0LWJ1dC1zaG9ydA=="),
+            "the key is not printed: {err}"
+        );
+    }
+
+    #[test]
+    fn sso_oauth2_grant_and_secret_source_are_checked() {
+        let base = "[sso]\nprovider = \"oauth2\"\n[sso.oauth2]\ntoken_url = \"https://login.example.com/token\"\nclient_id = \"c\"\n";
+        let err = error_text(&format!(
+            "{base}grant = \"password\"\nclient_secret_env = \"S\"\n"
+        ));
+        assert!(
+            err.contains("sso.oauth2.grant") && err.contains("on_behalf_of"),
+            "{err}"
+        );
+        let err = error_text(&format!("{base}grant = \"on_behalf_of\"\n"));
+        assert!(err.contains("client_secret"), "{err}");
+        let err = error_text(&format!(
+            "{base}grant = \"on_behalf_of\"\nclient_secret = \"inline\"\n"
+        ));
+        assert!(
+            err.contains("client_secret"),
+            "inline secrets are unknown keys: {err}"
+        );
+        parse(&format!(
+            "{base}grant = \"token_exchange\"\nclient_secret_file = \"/s\"\n"
+        ))
+        .expect("valid");
+    }
+
+    #[test]
+    fn sso_numbers_are_range_checked() {
+        let err = error_text("[sso]\ntimeout_ms = 0\n");
+        assert!(err.contains("sso.timeout_ms"), "{err}");
+        let err = error_text("[sso]\ndecision_capacity = 0\n");
+        assert!(err.contains("sso.decision_capacity"), "{err}");
+    }
+
+    #[test]
+    fn env_override_reaches_nested_sso_sections() {
+        let config = parse_env(
+            "[sso]\nprovider = \"static\"\n",
+            &[
+                ("DLPROXY_SSO__STATIC__TOKEN", "from-env"),
+                ("DLPROXY_SSO__SEAL_KEYS", "[]"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(config.sso.static_token.expect("section").token, "from-env");
+    }
 }

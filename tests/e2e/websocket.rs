@@ -192,3 +192,59 @@ async fn a_second_socket_gets_the_first_closed_as_upstream_decides() {
     assert_eq!(frame.reason.as_str(), "collision");
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_that_does_not_read_pauses_the_upstream_and_loses_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const MESSAGES: usize = 100;
+    const SIZE: usize = 1024 * 1024;
+    let stack = Arc::new(Stack::start().await);
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    next_activity_set(&mut ws).await;
+
+    let written = Arc::new(AtomicUsize::new(0));
+    let sender = {
+        let (stack, written, id) = (stack.clone(), written.clone(), conv.id.clone());
+        tokio::spawn(async move {
+            for n in 0..MESSAGES {
+                let text = format!("{n:>8}{}", "x".repeat(SIZE - 8));
+                if !stack
+                    .emulator
+                    .send_stream_message(&id, Message::Text(text.into()))
+                    .await
+                {
+                    return;
+                }
+                written.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    // The upstream's writes stop making progress while nobody reads:
+    // the proxy holds at most a message, the rest waits in socket buffers.
+    let mut last = usize::MAX;
+    let mut unchanged = 0;
+    while unchanged < 5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = written.load(Ordering::SeqCst);
+        assert!(
+            now < MESSAGES,
+            "all {MESSAGES} MiB were taken while the client read nothing"
+        );
+        unchanged = if now == last { unchanged + 1 } else { 0 };
+        last = now;
+    }
+    for n in 0..MESSAGES {
+        match next_message(&mut ws).await {
+            Message::Text(text) => {
+                assert_eq!(text.len(), SIZE);
+                assert_eq!(text[..8].trim(), n.to_string(), "in order");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    sender.await.expect("sender");
+    assert_eq!(written.load(Ordering::SeqCst), MESSAGES);
+}
