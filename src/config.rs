@@ -61,6 +61,20 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub sso: SsoConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics` on the listener.
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -10,6 +10,7 @@ pub mod directline;
 pub mod emulator;
 pub mod forward;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod sso;
@@ -30,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
 use crate::directline::stream_url::PublicBase;
+use crate::metrics::Metrics;
 use crate::proxy::Shared;
 use crate::sso::Sso;
 use crate::upstream::{Upstream, UpstreamSetupError};
@@ -101,8 +103,9 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         }
         _ => None,
     };
-    let upstream = Arc::new(Upstream::new(&config.upstream)?);
-    let sso = Sso::new(&config.sso, upstream.clone())?.map(Arc::new);
+    let metrics = Arc::new(Metrics::new());
+    let upstream = Arc::new(Upstream::new(&config.upstream, metrics.clone())?);
+    let sso = Sso::new(&config.sso, upstream.clone(), metrics.clone())?.map(Arc::new);
     let configured_public_base = config
         .listen
         .public_base()?
@@ -121,6 +124,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         config,
         upstream,
         sso,
+        metrics,
         configured_public_base,
         streams: TaskTracker::new(),
         shutdown: CancellationToken::new(),

@@ -13,12 +13,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::body::{ProxyBody, directline_error, text_response};
+use crate::body::{ProxyBody, directline_error, full, text_response};
 use crate::config::Config;
 use crate::directline::route::{PREFIX, Route};
 use crate::directline::stream_url::PublicBase;
 use crate::directline::{rest, stream};
 use crate::forward::ClientInfo;
+use crate::metrics::{Metrics, Transport};
 use crate::sso::Sso;
 use crate::upstream::Upstream;
 
@@ -27,6 +28,7 @@ pub struct Shared {
     pub upstream: Arc<Upstream>,
     /// Server-side sign-in; `None` when `sso.provider = "none"`.
     pub sso: Option<Arc<Sso>>,
+    pub metrics: Arc<Metrics>,
     pub configured_public_base: Option<PublicBase>,
     pub tls: bool,
     pub websocket_config: WebSocketConfig,
@@ -79,6 +81,7 @@ pub async fn handle(
     let response = match (request.method(), path) {
         (&Method::GET, "/healthz") => text_response(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readiness(&shared),
+        (&Method::GET, "/metrics") if shared.config.metrics.enabled => metrics(&shared),
         (_, p) if p.starts_with(PREFIX) => directline(&shared, request, &client).await,
         _ => directline_error(
             StatusCode::NOT_FOUND,
@@ -87,6 +90,15 @@ pub async fn handle(
         ),
     };
     Ok(response)
+}
+
+fn metrics(shared: &Shared) -> Response<ProxyBody> {
+    let mut response = Response::new(full(shared.metrics.encode()));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    response
 }
 
 fn readiness(shared: &Shared) -> Response<ProxyBody> {
@@ -112,6 +124,12 @@ async fn directline(
     );
     async move {
         let started = Instant::now();
+        let transport = match route {
+            Route::Poll { .. } => Some(Transport::Polling),
+            Route::Stream { .. } if stream::is_upgrade(&request) => None,
+            _ => Some(Transport::Rest),
+        };
+        let _active = transport.map(|t| shared.metrics.connection(t));
         let response = match route {
             Route::Stream {
                 ref conversation_id,

@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::forward::ClientInfo;
+use crate::metrics::ErrorKind;
 use crate::proxy::{Shared, handle};
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop
@@ -87,8 +88,14 @@ async fn serve_connection(
             Ok(Ok(stream)) => {
                 serve_http(TokioIo::new(stream), peer, "https", shared, watcher).await
             }
-            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            Ok(Err(error)) => {
+                shared.metrics.error(ErrorKind::TlsHandshake);
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+            }
+            Err(_) => {
+                shared.metrics.error(ErrorKind::TlsHandshake);
+                tracing::debug!(%peer, "TLS handshake timed out");
+            }
         },
     }
 }

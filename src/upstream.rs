@@ -1,7 +1,8 @@
 //! The pooled client to Direct Line and the mapping of its failures to
 //! Direct Line-shaped errors.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::uri::Uri;
 use http::{Request, Response, StatusCode};
@@ -14,6 +15,7 @@ use thiserror::Error;
 
 use crate::body::{ProxyBody, directline_error};
 use crate::config::{ConfigError, UpstreamConfig};
+use crate::metrics::{ErrorKind, Metrics};
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, Error)]
@@ -37,6 +39,14 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            UpstreamError::Timeout(_) => ErrorKind::UpstreamTimeout,
+            UpstreamError::Unreachable(_) => ErrorKind::UpstreamUnreachable,
+            UpstreamError::Failed(_) | UpstreamError::BadUrl(_) => ErrorKind::UpstreamFailed,
+        }
+    }
+
     /// The response the client gets instead of the upstream's.
     pub fn to_response(&self) -> Response<ProxyBody> {
         match self {
@@ -68,10 +78,14 @@ pub struct Upstream {
     client: HttpClient,
     base: Uri,
     request_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Result<Upstream, UpstreamSetupError> {
+    pub fn new(
+        config: &UpstreamConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Upstream, UpstreamSetupError> {
         let base = config.base()?;
         let tls = tls::client_config(config.ca_file.as_deref())?;
         let mut http = HttpConnector::new();
@@ -93,6 +107,7 @@ impl Upstream {
             client,
             base,
             request_timeout: config.request_timeout(),
+            metrics,
         })
     }
 
@@ -123,19 +138,30 @@ impl Upstream {
     }
 
     /// Sends `request` and waits for the response headers, at most the
-    /// configured request timeout.
+    /// configured request timeout. `route` labels the metrics.
     pub async fn send(
         &self,
         request: Request<ProxyBody>,
+        route: &'static str,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
-            Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if error.is_connect() => {
-                Err(UpstreamError::Unreachable(error_chain(&error)))
-            }
-            Ok(Err(error)) => Err(UpstreamError::Failed(error_chain(&error))),
+        let started = Instant::now();
+        let result =
+            match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
+                Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(error)) if error.is_connect() => {
+                    Err(UpstreamError::Unreachable(error_chain(&error)))
+                }
+                Ok(Err(error)) => Err(UpstreamError::Failed(error_chain(&error))),
+            };
+        let status = result.as_ref().ok().map(Response::status);
+        let timed_out = matches!(result, Err(UpstreamError::Timeout(_)));
+        self.metrics
+            .upstream_request(route, status, timed_out, started.elapsed());
+        if let Err(error) = &result {
+            self.metrics.error(error.kind());
         }
+        result
     }
 }
 

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::inspect::Inspector;
+use crate::metrics::RelayCounters;
 
 pub struct RelaySettings {
     /// How long the second half of a close handshake may take.
@@ -22,6 +23,7 @@ pub struct RelaySettings {
     pub shutdown: CancellationToken,
     /// What every text frame from the bot passes through.
     pub inspector: Inspector,
+    pub counters: RelayCounters,
 }
 
 /// How a relayed stream ended, for the log.
@@ -32,6 +34,13 @@ pub enum Outcome {
     ClientLost,
     UpstreamLost,
     Shutdown,
+}
+
+impl Outcome {
+    /// Whether a side vanished without a close handshake.
+    pub fn lost(self) -> bool {
+        matches!(self, Outcome::ClientLost | Outcome::UpstreamLost)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +81,16 @@ impl Direction {
         }
     }
 
+    /// Counts what arrived, before inspection: the frames the proxy relays.
+    fn count(self, message: &Message, counters: &RelayCounters) {
+        let (frames, bytes) = match self {
+            Direction::ToClient => (&counters.frames_to_client, &counters.bytes_to_client),
+            Direction::ToUpstream => (&counters.frames_to_bot, &counters.bytes_to_bot),
+        };
+        frames.inc();
+        bytes.inc_by(message.len() as u64);
+    }
+
     async fn prepare(self, message: Message, inspector: &Inspector) -> Message {
         match (self, message) {
             (Direction::ToClient, Message::Text(text)) => {
@@ -92,18 +111,17 @@ where
     let (mut client_tx, mut client_rx) = client.split();
     let (mut upstream_tx, mut upstream_rx) = upstream.split();
     let outcome = {
-        let inspector = &settings.inspector;
         let to_upstream = pump(
             &mut client_rx,
             &mut upstream_tx,
             Direction::ToUpstream,
-            inspector,
+            &settings,
         );
         let to_client = pump(
             &mut upstream_rx,
             &mut client_tx,
             Direction::ToClient,
-            inspector,
+            &settings,
         );
         tokio::pin!(to_upstream, to_client);
         tokio::select! {
@@ -138,7 +156,7 @@ async fn pump<S, K>(
     source: &mut S,
     sink: &mut K,
     direction: Direction,
-    inspector: &Inspector,
+    settings: &RelaySettings,
 ) -> Outcome
 where
     S: Stream<Item = Result<Message, WsError>> + Unpin,
@@ -152,7 +170,8 @@ where
                 return direction.outcome(true);
             }
             Some(Ok(message)) => {
-                let message = direction.prepare(message, inspector).await;
+                direction.count(&message, &settings.counters);
+                let message = direction.prepare(message, &settings.inspector).await;
                 if sink.send(message).await.is_err() {
                     return direction.destination_lost();
                 }

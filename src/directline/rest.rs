@@ -12,6 +12,7 @@ use super::route::Route;
 use super::stream_url::{self, PublicBase};
 use crate::body::{BoxError, ProxyBody, directline_error, full};
 use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
+use crate::metrics::ErrorKind;
 use crate::proxy::Shared;
 use crate::sso::providers::bearer_value;
 use crate::sso::{Access, seal};
@@ -45,7 +46,7 @@ pub async fn relay(
         Ok(req) => req,
         Err(error) => return error.to_response(),
     };
-    let response = match shared.upstream.send(upstream_request).await {
+    let response = match shared.upstream.send(upstream_request, route.name()).await {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(%error, "upstream request failed");
@@ -110,6 +111,7 @@ fn reject_oversized(shared: &Shared, headers: &HeaderMap) -> Option<Response<Pro
         .parse()
         .ok()?;
     (length > shared.config.limits.max_request_body_bytes).then(|| {
+        shared.metrics.error(ErrorKind::RequestTooLarge);
         directline_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "MessageSizeTooBig",
@@ -149,6 +151,7 @@ async fn read_whole(shared: &Shared, body: Incoming) -> Result<Bytes, Response<P
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) => {
             tracing::warn!(%error, "upstream response could not be read whole");
+            shared.metrics.error(ErrorKind::ResponseUnreadable);
             Err(directline_error(
                 StatusCode::BAD_GATEWAY,
                 "BadGateway",

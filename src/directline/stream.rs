@@ -21,6 +21,7 @@ use super::inspect::Inspector;
 use super::{relay, stream_url};
 use crate::body::{BoxError, ProxyBody, directline_error, empty};
 use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
+use crate::metrics::{ErrorKind, Transport};
 use crate::proxy::Shared;
 use crate::sso::{Access, seal};
 use crate::upstream::UpstreamError;
@@ -53,6 +54,7 @@ pub async fn upgrade(
         return bad_handshake();
     };
     let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
+        shared.metrics.error(ErrorKind::ConnectionLimit);
         return directline_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailable",
@@ -64,7 +66,7 @@ pub async fn upgrade(
         Ok(req) => req,
         Err(error) => return error.to_response(),
     };
-    let mut upstream_response = match shared.upstream.send(upstream_request).await {
+    let mut upstream_response = match shared.upstream.send(upstream_request, "stream").await {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(%error, "upstream WebSocket handshake failed");
@@ -84,6 +86,7 @@ pub async fn upgrade(
         .is_some_and(|v| v.as_bytes() == expected_accept.as_bytes());
     if !accept_matches {
         tracing::warn!("upstream answered the WebSocket handshake with a wrong accept key");
+        shared.metrics.error(ErrorKind::WebsocketHandshake);
         return directline_error(
             StatusCode::BAD_GATEWAY,
             "BadGateway",
@@ -108,13 +111,7 @@ fn inspector_for(
     };
     let (stripped, sealed) = stream_url::take_query_param(request.uri(), seal::PARAM);
     *request.uri_mut() = stripped;
-    let token = sealed.and_then(|sealed| match sso.sealer().open(conversation_id, &sealed) {
-        Ok(context) => Some(context.token),
-        Err(error) => {
-            tracing::warn!(%error, "stream context refused: the invoke flow is off for this stream");
-            None
-        }
-    });
+    let token = sealed.and_then(|sealed| sso.open_stream_context(conversation_id, &sealed));
     let access = Access {
         conversation_id: conversation_id.to_string(),
         token,
@@ -183,13 +180,16 @@ fn spawn_relay(
         close_timeout: shared.config.websocket.close_timeout(),
         shutdown: shared.shutdown.clone(),
         inspector,
+        counters: shared.metrics.relay_counters(),
     };
+    let metrics = shared.metrics.clone();
     let span = tracing::Span::current();
     shared.streams.spawn(
         async move {
             let (client, upstream) = match tokio::try_join!(client, upstream) {
                 Ok(pair) => pair,
                 Err(error) => {
+                    metrics.error(ErrorKind::WebsocketHandshake);
                     tracing::warn!(%error, "WebSocket upgrade did not complete");
                     return;
                 }
@@ -204,8 +204,13 @@ fn spawn_relay(
             )
             .await;
             tracing::info!("stream opened");
+            let active = metrics.connection(Transport::Websocket);
             let outcome = relay::run(client, upstream, settings).await;
+            if outcome.lost() {
+                metrics.error(ErrorKind::WebsocketLost);
+            }
             tracing::info!(?outcome, "stream closed");
+            drop(active);
             drop(slot);
         }
         .instrument(span),

@@ -105,7 +105,7 @@ pub async fn invoke(
         .body(full(activity.to_string()))
         .map_err(|e| ExchangeError::Transport(e.to_string()))?;
     let response = upstream
-        .send(request)
+        .send(request, "sso_invoke")
         .await
         .map_err(|e| ExchangeError::Transport(e.to_string()))?;
     let status = response.status();

@@ -11,7 +11,7 @@
 
 pub mod decisions;
 pub mod flows;
-pub mod metrics;
+pub mod outcome;
 pub mod providers;
 pub mod seal;
 
@@ -24,10 +24,11 @@ use thiserror::Error;
 
 use crate::config::SsoConfig;
 use crate::directline::activity::{self, ActivitySet, Markers, OAuthCard};
+use crate::metrics::{ErrorKind, Metrics};
 use crate::upstream::{HttpClient, Upstream};
 use decisions::{Begin, Decisions};
 use flows::{AllowList, ExchangeError, Flow, InvokeTarget};
-use metrics::{Outcome, SsoMetrics};
+use outcome::Outcome;
 use providers::{Provider, ProviderError, ProviderSetupError, TokenRequest};
 use seal::{SealError, Sealer};
 
@@ -64,12 +65,16 @@ pub struct Sso {
     timeout: Duration,
     upstream: Arc<Upstream>,
     client: HttpClient,
-    metrics: SsoMetrics,
+    metrics: Arc<Metrics>,
 }
 
 impl Sso {
     /// `None` when `sso.provider = "none"`.
-    pub fn new(config: &SsoConfig, upstream: Arc<Upstream>) -> Result<Option<Sso>, SsoSetupError> {
+    pub fn new(
+        config: &SsoConfig,
+        upstream: Arc<Upstream>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Sso>, SsoSetupError> {
         let Some(provider) = Provider::from_config(config, upstream.client())? else {
             return Ok(None);
         };
@@ -88,16 +93,12 @@ impl Sso {
             client: upstream.client(),
             upstream,
             provider,
-            metrics: SsoMetrics::default(),
+            metrics,
         }))
     }
 
     pub fn sealer(&self) -> &Sealer {
         &self.sealer
-    }
-
-    pub fn metrics(&self) -> &SsoMetrics {
-        &self.metrics
     }
 
     /// Only the headers the provider reads are kept from a user's request.
@@ -138,7 +139,7 @@ impl Sso {
 
     /// `true` when the card may be removed.
     async fn decide(&self, access: &Access, card: &OAuthCard) -> bool {
-        self.metrics.card_seen();
+        self.metrics.oauth_card_seen();
         let (Some(flow), Some(card_id)) = (self.flow_for(card), card.id()) else {
             tracing::debug!(conversation_id = %access.conversation_id, "OAuth card offers no enabled flow");
             return false;
@@ -160,7 +161,8 @@ impl Sso {
             .await
             .unwrap_or(Outcome::Timeout);
         let elapsed = started.elapsed();
-        self.metrics.record(flow, outcome, elapsed);
+        self.metrics
+            .sso_decision(flow.as_str(), outcome.as_str(), elapsed);
         tracing::info!(
             conversation_id = %access.conversation_id,
             flow = flow.as_str(),
@@ -200,7 +202,7 @@ impl Sso {
             provider_id: exchange.and_then(|e| e.provider_id.as_deref()),
             user_headers: &access.user_headers,
         };
-        let token = match self.provider.token(&request).await {
+        let token = match self.provider_token(&request).await {
             Ok(token) => token,
             Err(error) => return provider_outcome(&access.conversation_id, &error),
         };
@@ -228,6 +230,33 @@ impl Sso {
                 };
                 tracing::info!(conversation_id = %access.conversation_id, %error, "token exchange {kind}");
                 Outcome::Rejected
+            }
+        }
+    }
+}
+
+impl Sso {
+    async fn provider_token(&self, request: &TokenRequest<'_>) -> Result<String, ProviderError> {
+        let started = Instant::now();
+        let result = self.provider.token(request).await;
+        let outcome = match &result {
+            Ok(_) => "token",
+            Err(ProviderError::NoToken(_)) => "no_token",
+            Err(ProviderError::Failed(_)) => "error",
+        };
+        self.metrics
+            .provider_call(self.provider.name(), outcome, started.elapsed());
+        result
+    }
+
+    /// Opens a stream's sealed context; a refusal is counted and logged.
+    pub fn open_stream_context(&self, conversation_id: &str, sealed: &str) -> Option<String> {
+        match self.sealer.open(conversation_id, sealed) {
+            Ok(context) => Some(context.token),
+            Err(error) => {
+                self.metrics.error(ErrorKind::StreamContextRejected);
+                tracing::warn!(%error, "stream context refused: the invoke flow is off for this stream");
+                None
             }
         }
     }

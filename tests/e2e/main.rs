@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod failures;
+mod metrics;
 mod shutdown;
 mod sso;
 mod stream_url;

@@ -1,0 +1,437 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text format).
+//!
+//! Label values are fixed sets (route names, flows, outcomes, kinds), never
+//! a conversation id, user or token. Hot-path counters (frames, bytes) are
+//! resolved once per stream so relaying a frame costs one atomic add.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Rest,
+    Polling,
+    Websocket,
+}
+
+impl Transport {
+    fn as_str(self) -> &'static str {
+        match self {
+            Transport::Rest => "rest",
+            Transport::Polling => "polling",
+            Transport::Websocket => "websocket",
+        }
+    }
+}
+
+/// What went wrong, for `directline_proxy_errors_total{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    UpstreamFailed,
+    RequestTooLarge,
+    ResponseUnreadable,
+    ConnectionLimit,
+    WebsocketHandshake,
+    WebsocketLost,
+    StreamContextRejected,
+    TlsHandshake,
+}
+
+impl ErrorKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::UpstreamUnreachable => "upstream_unreachable",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::UpstreamFailed => "upstream_failed",
+            ErrorKind::RequestTooLarge => "request_too_large",
+            ErrorKind::ResponseUnreadable => "response_unreadable",
+            ErrorKind::ConnectionLimit => "connection_limit",
+            ErrorKind::WebsocketHandshake => "websocket_handshake",
+            ErrorKind::WebsocketLost => "websocket_lost",
+            ErrorKind::StreamContextRejected => "stream_context_rejected",
+            ErrorKind::TlsHandshake => "tls_handshake",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TransportLabels {
+    transport: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamLabels {
+    route: &'static str,
+    status_class: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FlowLabels {
+    flow: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DecisionLabels {
+    flow: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ProviderOutcomeLabels {
+    provider: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// 1 ms to about 33 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    connections_active: Family<TransportLabels, Gauge>,
+    connections: Family<TransportLabels, Counter>,
+    frames: Family<DirectionLabels, Counter>,
+    bytes: Family<DirectionLabels, Counter>,
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    upstream_duration: HistogramFamily<RouteLabels>,
+    oauth_cards: Counter,
+    sso_decisions: Family<DecisionLabels, Counter>,
+    sso_duration: HistogramFamily<FlowLabels>,
+    provider_calls: Family<ProviderOutcomeLabels, Counter>,
+    provider_duration: HistogramFamily<ProviderLabels>,
+    errors: Family<ErrorLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let histogram: fn() -> Histogram = latency_histogram;
+        let metrics = Metrics {
+            registry: Registry::with_prefix("directline_proxy"),
+            connections_active: Family::default(),
+            connections: Family::default(),
+            frames: Family::default(),
+            bytes: Family::default(),
+            upstream_requests: Family::default(),
+            upstream_duration: Family::new_with_constructor(histogram),
+            oauth_cards: Counter::default(),
+            sso_decisions: Family::default(),
+            sso_duration: Family::new_with_constructor(histogram),
+            provider_calls: Family::default(),
+            provider_duration: Family::new_with_constructor(histogram),
+            errors: Family::default(),
+        };
+        metrics.register()
+    }
+
+    fn register(mut self) -> Metrics {
+        let r = &mut self.registry;
+        r.register(
+            "connections_active",
+            "Requests in flight (rest, polling) and open WebSocket relays (websocket)",
+            self.connections_active.clone(),
+        );
+        r.register(
+            "connections",
+            "Requests (rest, polling) and WebSocket relays (websocket) handled",
+            self.connections.clone(),
+        );
+        r.register(
+            "websocket_frames",
+            "WebSocket messages relayed, by direction (to_client, to_bot)",
+            self.frames.clone(),
+        );
+        r.register_with_unit(
+            "websocket_payload",
+            "WebSocket payload bytes relayed, by direction",
+            Unit::Bytes,
+            self.bytes.clone(),
+        );
+        r.register(
+            "upstream_requests",
+            "Requests sent to Direct Line, by route and status class (2xx..5xx, error, timeout)",
+            self.upstream_requests.clone(),
+        );
+        r.register_with_unit(
+            "upstream_request_duration",
+            "Time until Direct Line's response headers, by route",
+            Unit::Seconds,
+            self.upstream_duration.clone(),
+        );
+        r.register(
+            "oauth_cards",
+            "OAuth cards seen in ActivitySets from the bot",
+            self.oauth_cards.clone(),
+        );
+        r.register(
+            "sso_decisions",
+            "SSO decisions by flow and outcome",
+            self.sso_decisions.clone(),
+        );
+        r.register_with_unit(
+            "sso_decision_duration",
+            "Time to decide one OAuth card, by flow",
+            Unit::Seconds,
+            self.sso_duration.clone(),
+        );
+        r.register(
+            "provider_calls",
+            "Token provider calls by provider and outcome (token, no_token, error)",
+            self.provider_calls.clone(),
+        );
+        r.register_with_unit(
+            "provider_call_duration",
+            "Token provider call time, by provider",
+            Unit::Seconds,
+            self.provider_duration.clone(),
+        );
+        r.register("errors", "Errors by kind", self.errors.clone());
+        r.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        self
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::warn!(%error, "metrics could not be encoded");
+        }
+        text
+    }
+
+    /// Counts a request or relay; it stays active until the guard drops.
+    pub fn connection(&self, transport: Transport) -> ActiveConnection {
+        let labels = TransportLabels {
+            transport: transport.as_str(),
+        };
+        self.connections.get_or_create(&labels).inc();
+        let active = self.connections_active.get_or_create_owned(&labels);
+        active.inc();
+        ActiveConnection { active }
+    }
+
+    /// The counters one WebSocket relay increments, resolved once.
+    pub fn relay_counters(&self) -> RelayCounters {
+        let direction = |direction| DirectionLabels { direction };
+        RelayCounters {
+            frames_to_client: self.frames.get_or_create_owned(&direction("to_client")),
+            bytes_to_client: self.bytes.get_or_create_owned(&direction("to_client")),
+            frames_to_bot: self.frames.get_or_create_owned(&direction("to_bot")),
+            bytes_to_bot: self.bytes.get_or_create_owned(&direction("to_bot")),
+        }
+    }
+
+    /// `status` is `None` when no response came: `error`, or `timeout`.
+    pub fn upstream_request(
+        &self,
+        route: &'static str,
+        status: Option<StatusCode>,
+        timed_out: bool,
+        elapsed: Duration,
+    ) {
+        let status_class = match (status, timed_out) {
+            (_, true) => "timeout",
+            (None, false) => "error",
+            (Some(status), false) => status_class(status),
+        };
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels {
+                route,
+                status_class,
+            })
+            .inc();
+        self.upstream_duration
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn oauth_card_seen(&self) {
+        self.oauth_cards.inc();
+    }
+
+    pub fn sso_decision(&self, flow: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.sso_decisions
+            .get_or_create(&DecisionLabels { flow, outcome })
+            .inc();
+        self.sso_duration
+            .get_or_create(&FlowLabels { flow })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn provider_call(&self, provider: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.provider_calls
+            .get_or_create(&ProviderOutcomeLabels { provider, outcome })
+            .inc();
+        self.provider_duration
+            .get_or_create(&ProviderLabels { provider })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Decrements the active gauge when the request or relay ends.
+pub struct ActiveConnection {
+    active: Gauge,
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
+#[derive(Clone)]
+pub struct RelayCounters {
+    pub frames_to_client: Counter,
+    pub bytes_to_client: Counter,
+    pub frames_to_bot: Counter,
+    pub bytes_to_bot: Counter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_value(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let metrics = Metrics::new();
+        metrics.upstream_request(
+            "poll",
+            Some(StatusCode::OK),
+            false,
+            Duration::from_millis(3),
+        );
+        metrics.sso_decision("invoke", "success", Duration::from_millis(20));
+        metrics.provider_call("http", "token", Duration::from_millis(5));
+        metrics.error(ErrorKind::UpstreamTimeout);
+        metrics.oauth_card_seen();
+        let text = metrics.encode();
+        for expected in [
+            "directline_proxy_upstream_requests_total{route=\"poll\",status_class=\"2xx\"} 1",
+            "directline_proxy_sso_decisions_total{flow=\"invoke\",outcome=\"success\"} 1",
+            "directline_proxy_provider_calls_total{provider=\"http\",outcome=\"token\"} 1",
+            "directline_proxy_errors_total{kind=\"upstream_timeout\"} 1",
+            "directline_proxy_oauth_cards_total 1",
+            "directline_proxy_build_info{version=",
+            "# TYPE directline_proxy_sso_decision_duration_seconds histogram",
+            "# TYPE directline_proxy_upstream_request_duration_seconds histogram",
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
+        assert_eq!(
+            line_value(
+                &text,
+                "directline_proxy_sso_decision_duration_seconds_count"
+            ),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn active_connections_go_down_when_the_guard_drops() {
+        let metrics = Metrics::new();
+        let guard = metrics.connection(Transport::Websocket);
+        let active = "directline_proxy_connections_active{transport=\"websocket\"}";
+        assert_eq!(line_value(&metrics.encode(), active), Some(1.0));
+        drop(guard);
+        assert_eq!(line_value(&metrics.encode(), active), Some(0.0));
+        assert_eq!(
+            line_value(
+                &metrics.encode(),
+                "directline_proxy_connections_total{transport=\"websocket\"}"
+            ),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn relay_counters_share_the_registered_series() {
+        let metrics = Metrics::new();
+        let counters = metrics.relay_counters();
+        counters.frames_to_client.inc();
+        counters.bytes_to_client.inc_by(42);
+        let text = metrics.encode();
+        assert_eq!(
+            line_value(
+                &text,
+                "directline_proxy_websocket_frames_total{direction=\"to_client\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            line_value(
+                &text,
+                "directline_proxy_websocket_payload_bytes_total{direction=\"to_client\"}"
+            ),
+            Some(42.0)
+        );
+    }
+}

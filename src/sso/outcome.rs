@@ -1,0 +1,34 @@
+//! How a card's decision ended: the `outcome` label of the SSO metrics and
+//! log lines.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The bot (or token service) took the token; the card was removed.
+    Success,
+    /// The bot or token service refused the token; or the exchange call failed.
+    Rejected,
+    /// The provider has no token for this user.
+    NoToken,
+    /// The provider could not answer.
+    ProviderError,
+    /// No decision within `sso.timeout_ms`.
+    Timeout,
+    /// The card's `sasUrl` host is not allowed.
+    NotAllowed,
+    /// The conversation token or the user id needed for the invoke is unknown.
+    NoContext,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Rejected => "rejected",
+            Outcome::NoToken => "no_token",
+            Outcome::ProviderError => "provider_error",
+            Outcome::Timeout => "timeout",
+            Outcome::NotAllowed => "not_allowed",
+            Outcome::NoContext => "no_context",
+        }
+    }
+}
