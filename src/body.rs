@@ -44,3 +44,10 @@ pub fn text_response(status: StatusCode, body: &'static str) -> Response<ProxyBo
     );
     response
 }
+
+/// A request body as a [`ProxyBody`] that fails once it passes `limit`
+/// bytes, so an oversized upload is cut off, not buffered.
+pub fn limited(body: hyper::body::Incoming, limit: u64) -> ProxyBody {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    http_body_util::Limited::new(body, limit).boxed()
+}

@@ -62,6 +62,72 @@ pub struct Config {
     pub log: LogConfig,
     pub sso: SsoConfig,
     pub metrics: MetricsConfig,
+    pub directline: DirectLineConfig,
+}
+
+/// The Direct Line secret held by the proxy (never by the client).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectLineConfig {
+    /// Environment variable holding the Direct Line secret.
+    pub secret_env: Option<String>,
+    /// File holding the Direct Line secret (e.g. a mounted Kubernetes Secret).
+    pub secret_file: Option<PathBuf>,
+    /// Header (set by the ingress's auth proxy) whose value binds the minted
+    /// token to that user.
+    pub user_id_header: Option<String>,
+    /// Token mints allowed per client per minute, and the burst above that.
+    pub mint_rate_per_minute: u32,
+    pub mint_burst: u32,
+}
+
+impl Default for DirectLineConfig {
+    fn default() -> Self {
+        DirectLineConfig {
+            secret_env: None,
+            secret_file: None,
+            user_id_header: None,
+            mint_rate_per_minute: 30,
+            mint_burst: 10,
+        }
+    }
+}
+
+impl DirectLineConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.secret_env.is_some() && self.secret_file.is_some() {
+            return Err(ConfigError::invalid(
+                "directline.secret_file",
+                self.secret_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                "set either directline.secret_env or directline.secret_file, not both",
+            ));
+        }
+        if self.secret_env.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::invalid(
+                "directline.secret_env",
+                "",
+                "expected the name of an environment variable",
+            ));
+        }
+        if let Some(header) = &self.user_id_header {
+            validate_header_names("directline.user_id_header", std::slice::from_ref(header))?;
+        }
+        check_range(
+            "directline.mint_rate_per_minute",
+            u64::from(self.mint_rate_per_minute),
+            1,
+            1_000_000,
+        )?;
+        check_range(
+            "directline.mint_burst",
+            u64::from(self.mint_burst),
+            1,
+            1_000_000,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -511,6 +577,7 @@ impl Config {
         self.websocket.validate()?;
         self.limits.validate()?;
         self.log.validate()?;
+        self.directline.validate()?;
         self.sso.validate()
     }
 }
@@ -1063,5 +1130,25 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(config.sso.static_token.expect("section").token, "from-env");
+    }
+
+    #[test]
+    fn directline_secret_sources_are_exclusive_and_checked() {
+        let err = error_text("[directline]\nsecret_env = \"S\"\nsecret_file = \"/s\"\n");
+        assert!(
+            err.contains("directline.secret_file") && err.contains("not both"),
+            "{err}"
+        );
+        let err = error_text("[directline]\nsecret_env = \"\"\n");
+        assert!(err.contains("directline.secret_env"), "{err}");
+        let err = error_text("[directline]\nuser_id_header = \"x user\"\n");
+        assert!(err.contains("directline.user_id_header"), "{err}");
+        let err = error_text("[directline]\nmint_rate_per_minute = 0\n");
+        assert!(err.contains("directline.mint_rate_per_minute"), "{err}");
+        let err = error_text("[directline]\nsecret = \"inline\"\n");
+        assert!(
+            err.contains("secret"),
+            "an inline secret is an unknown key: {err}"
+        );
     }
 }

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
+use crate::directline::credentials::ServerCredentials;
 use crate::directline::stream_url::PublicBase;
 use crate::metrics::Metrics;
 use crate::proxy::Shared;
@@ -46,6 +47,8 @@ pub enum StartError {
     Upstream(#[from] UpstreamSetupError),
     #[error("sso: {0}")]
     Sso(#[from] sso::SsoSetupError),
+    #[error("{0}")]
+    Credentials(#[from] directline::credentials::CredentialsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -103,6 +106,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         }
         _ => None,
     };
+    let credentials = ServerCredentials::from_config(&config.directline)?;
     let metrics = Arc::new(Metrics::new());
     let upstream = Arc::new(Upstream::new(&config.upstream, metrics.clone())?);
     let sso = Sso::new(&config.sso, upstream.clone(), metrics.clone())?.map(Arc::new);
@@ -125,6 +129,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         upstream,
         sso,
         metrics,
+        credentials,
         configured_public_base,
         streams: TaskTracker::new(),
         shutdown: CancellationToken::new(),

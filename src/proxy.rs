@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::body::{ProxyBody, directline_error, full, text_response};
 use crate::config::Config;
+use crate::directline::credentials::ServerCredentials;
 use crate::directline::route::{PREFIX, Route};
 use crate::directline::stream_url::PublicBase;
 use crate::directline::{rest, stream};
@@ -29,6 +30,8 @@ pub struct Shared {
     /// Server-side sign-in; `None` when `sso.provider = "none"`.
     pub sso: Option<Arc<Sso>>,
     pub metrics: Arc<Metrics>,
+    /// The server-held Direct Line secret, when configured.
+    pub credentials: Option<ServerCredentials>,
     pub configured_public_base: Option<PublicBase>,
     pub tls: bool,
     pub websocket_config: WebSocketConfig,

@@ -8,9 +8,10 @@ use http::{HeaderMap, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use super::credentials::ServerCredentials;
 use super::route::Route;
 use super::stream_url::{self, PublicBase};
-use crate::body::{BoxError, ProxyBody, directline_error, full};
+use crate::body::{BoxError, ProxyBody, directline_error, full, limited};
 use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::ErrorKind;
 use crate::proxy::Shared;
@@ -42,6 +43,17 @@ pub async fn relay(
         return response;
     }
     let treatment = treatment(shared, route, &request);
+    let body_limit = shared.config.limits.max_request_body_bytes;
+    let mut request = request.map(|body| limited(body, body_limit));
+    if let Some(credentials) = &shared.credentials
+        && ServerCredentials::applies(route, request.headers())
+    {
+        let trust = shared.config.listen.trust_forwarded_headers;
+        request = match credentials.apply(request, client, trust).await {
+            Ok(request) => request,
+            Err(refusal) => return refusal.into_response(),
+        };
+    }
     let upstream_request = match upstream_request(shared, &treatment, request, client) {
         Ok(req) => req,
         Err(error) => return error.to_response(),
@@ -81,7 +93,7 @@ pub async fn relay(
     Response::from_parts(parts, body)
 }
 
-fn treatment(shared: &Shared, route: &Route, request: &Request<Incoming>) -> Treatment {
+fn treatment<B>(shared: &Shared, route: &Route, request: &Request<B>) -> Treatment {
     match (route, &shared.sso) {
         (Route::StartConversation | Route::Reconnect { .. }, _) => shared
             .public_base(request.uri(), request.headers())
@@ -123,7 +135,7 @@ fn reject_oversized(shared: &Shared, headers: &HeaderMap) -> Option<Response<Pro
 fn upstream_request(
     shared: &Shared,
     treatment: &Treatment,
-    request: Request<Incoming>,
+    request: Request<ProxyBody>,
     client: &ClientInfo,
 ) -> Result<Request<ProxyBody>, UpstreamError> {
     let (mut parts, body) = request.into_parts();
@@ -140,8 +152,6 @@ fn upstream_request(
         client,
         shared.config.listen.trust_forwarded_headers,
     );
-    let limit = usize::try_from(shared.config.limits.max_request_body_bytes).unwrap_or(usize::MAX);
-    let body = Limited::new(body, limit).boxed();
     Ok(Request::from_parts(parts, body))
 }
 

@@ -6,6 +6,8 @@ pub const PREFIX: &str = "/v3/directline/";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
+    /// `POST /tokens/generate`: minting, where a server-held secret applies.
+    GenerateToken,
     /// `POST /conversations`: the answer carries a `streamUrl` to rewrite.
     StartConversation,
     /// `GET /conversations/{id}`: reconnect, also with a `streamUrl`.
@@ -24,6 +26,7 @@ impl Route {
         let rest = path.strip_prefix(PREFIX).unwrap_or_default();
         let segments: Vec<&str> = rest.split('/').collect();
         match (method, segments.as_slice()) {
+            (&Method::POST, ["tokens", "generate"]) => Route::GenerateToken,
             (&Method::POST, ["conversations"]) => Route::StartConversation,
             (&Method::GET, ["conversations", id]) if !id.is_empty() => Route::Reconnect {
                 conversation_id: id.to_string(),
@@ -49,6 +52,7 @@ impl Route {
     /// A fixed, low-cardinality name for logs.
     pub fn name(&self) -> &'static str {
         match self {
+            Route::GenerateToken => "generate_token",
             Route::StartConversation => "start_conversation",
             Route::Reconnect { .. } => "reconnect",
             Route::Poll { .. } => "poll",
@@ -59,7 +63,7 @@ impl Route {
 
     pub fn conversation_id(&self) -> Option<&str> {
         match self {
-            Route::StartConversation => None,
+            Route::GenerateToken | Route::StartConversation => None,
             Route::Reconnect { conversation_id }
             | Route::Poll { conversation_id }
             | Route::Stream { conversation_id } => Some(conversation_id),
@@ -83,6 +87,10 @@ mod tests {
 
     #[test]
     fn recognises_the_calls_that_need_special_handling() {
+        assert_eq!(
+            classify(Method::POST, "/v3/directline/tokens/generate"),
+            Route::GenerateToken
+        );
         assert_eq!(
             classify(Method::POST, "/v3/directline/conversations"),
             Route::StartConversation
@@ -125,7 +133,7 @@ mod tests {
             }
         );
         assert_eq!(
-            classify(Method::POST, "/v3/directline/tokens/generate"),
+            classify(Method::POST, "/v3/directline/tokens/refresh"),
             Route::Other {
                 conversation_id: None
             }

@@ -5,6 +5,7 @@
 mod common;
 
 mod cli;
+mod credentials;
 mod failures;
 mod metrics;
 mod shutdown;

@@ -1,0 +1,314 @@
+//! The Direct Line secret stays on the server.
+//!
+//! With `[directline] secret_file` or `secret_env` set, token minting
+//! (`POST /tokens/generate`) and a start-conversation without credentials
+//! are sent upstream with the secret; the client never needs or sees it,
+//! and no other route ever carries it. With `user_id_header`, the token is
+//! bound to the user the ingress authenticated: `user.id` becomes
+//! `dl_` + an HMAC of the header value (stable across replicas, not
+//! reversible), whatever the client asked for. Minting is rate limited per
+//! client.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use ring::hmac;
+use serde_json::{Value, json};
+use thiserror::Error;
+
+use super::route::Route;
+use crate::body::{ProxyBody, directline_error, full, json_response};
+use crate::config::DirectLineConfig;
+use crate::forward::{ClientInfo, X_FORWARDED_FOR};
+use crate::sso::providers::bearer_value;
+
+/// A mint request body larger than this is not a Direct Line token request.
+const MAX_MINT_BODY_BYTES: usize = 64 * 1024;
+/// Rate-limit buckets kept at most; idle (full) buckets are dropped first.
+const MAX_BUCKETS: usize = 100_000;
+
+#[derive(Debug, Error)]
+pub enum CredentialsError {
+    #[error("directline.secret_env: environment variable {0} is not set or empty")]
+    MissingEnv(String),
+    #[error("directline.secret_file: cannot read {path}: {message}")]
+    File { path: String, message: String },
+    #[error("the Direct Line secret is not a valid header value")]
+    Malformed,
+}
+
+/// Why a mint request is answered by the proxy itself.
+#[derive(Debug)]
+pub enum Refusal {
+    NoUser,
+    BadBody,
+    TooMany(Duration),
+}
+
+impl Refusal {
+    pub fn into_response(self) -> Response<ProxyBody> {
+        match self {
+            Refusal::NoUser => directline_error(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "The request carries no authenticated user.",
+            ),
+            Refusal::BadBody => directline_error(
+                StatusCode::BAD_REQUEST,
+                "BadArgument",
+                "The request body is not a JSON object.",
+            ),
+            Refusal::TooMany(retry_after) => too_many_requests(retry_after),
+        }
+    }
+}
+
+pub struct ServerCredentials {
+    authorization: HeaderValue,
+    user_id_header: Option<HeaderName>,
+    user_key: hmac::Key,
+    limiter: RateLimiter,
+}
+
+impl ServerCredentials {
+    /// `None` when no secret is configured.
+    pub fn from_config(
+        config: &DirectLineConfig,
+    ) -> Result<Option<ServerCredentials>, CredentialsError> {
+        let secret = match (&config.secret_env, &config.secret_file) {
+            (Some(var), _) => std::env::var(var)
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+                .ok_or_else(|| CredentialsError::MissingEnv(var.clone()))?,
+            (None, Some(path)) => {
+                std::fs::read_to_string(path).map_err(|e| CredentialsError::File {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+            (None, None) => return Ok(None),
+        };
+        let secret = secret.trim();
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {secret}"))
+            .map_err(|_| CredentialsError::Malformed)?;
+        authorization.set_sensitive(true);
+        Ok(Some(ServerCredentials {
+            authorization,
+            user_id_header: config
+                .user_id_header
+                .as_deref()
+                .and_then(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
+            // Keyed by the secret: the same on every replica, and unknown
+            // to clients, so user ids cannot be precomputed or reversed.
+            user_key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
+            limiter: RateLimiter::new(config.mint_rate_per_minute, config.mint_burst),
+        }))
+    }
+
+    /// Whether this request gets the secret: minting always, starting a
+    /// conversation only when the client brought no credentials.
+    pub fn applies(route: &Route, headers: &HeaderMap) -> bool {
+        match route {
+            Route::GenerateToken => true,
+            Route::StartConversation => !headers.contains_key(header::AUTHORIZATION),
+            _ => false,
+        }
+    }
+
+    /// Puts the secret (and the bound user id) on the request, or answers
+    /// the client directly (401 without the user header, 429 over the rate).
+    pub async fn apply(
+        &self,
+        request: Request<ProxyBody>,
+        client: &ClientInfo,
+        trust_forwarded: bool,
+    ) -> Result<Request<ProxyBody>, Refusal> {
+        let user_id = match &self.user_id_header {
+            Some(name) => Some(self.bound_user_id(request.headers(), name)?),
+            None => None,
+        };
+        let client_key = user_id
+            .clone()
+            .unwrap_or_else(|| client_address(request.headers(), client, trust_forwarded));
+        self.limiter.take(&client_key).map_err(Refusal::TooMany)?;
+        let (mut parts, body) = request.into_parts();
+        parts
+            .headers
+            .insert(header::AUTHORIZATION, self.authorization.clone());
+        let body = match user_id {
+            Some(user_id) => {
+                let bound = bind_user(body, &user_id).await?;
+                parts.headers.remove(header::CONTENT_LENGTH);
+                parts.headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                full(bound)
+            }
+            None => body,
+        };
+        Ok(Request::from_parts(parts, body))
+    }
+
+    fn bound_user_id(&self, headers: &HeaderMap, name: &HeaderName) -> Result<String, Refusal> {
+        let user = headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_value)
+            .ok_or(Refusal::NoUser)?;
+        let tag = hmac::sign(&self.user_key, user.as_bytes());
+        let hex: String = tag.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(format!("dl_{hex}"))
+    }
+}
+
+/// The client's JSON body with `user.id` replaced; other fields are kept.
+async fn bind_user(body: ProxyBody, user_id: &str) -> Result<Bytes, Refusal> {
+    let bad = || Refusal::BadBody;
+    let bytes = read_small(body).await.ok_or_else(bad)?;
+    let mut value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&bytes).map_err(|_| bad())?
+    };
+    let object = value.as_object_mut().ok_or_else(bad)?;
+    let user = object.entry("user").or_insert_with(|| json!({}));
+    if !user.is_object() {
+        *user = json!({});
+    }
+    user["id"] = json!(user_id);
+    Ok(Bytes::from(value.to_string()))
+}
+
+/// The whole body, or `None` past [`MAX_MINT_BODY_BYTES`] or on a read error.
+async fn read_small(mut body: ProxyBody) -> Option<Bytes> {
+    let mut bytes = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.ok()?.into_data() {
+            if bytes.len() + data.len() > MAX_MINT_BODY_BYTES {
+                return None;
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Some(bytes.freeze())
+}
+
+/// The client's address: the first `X-Forwarded-For` hop behind a trusted
+/// ingress, else the peer.
+fn client_address(headers: &HeaderMap, client: &ClientInfo, trust_forwarded: bool) -> String {
+    trust_forwarded
+        .then(|| {
+            headers
+                .get(&X_FORWARDED_FOR)?
+                .to_str()
+                .ok()?
+                .split(',')
+                .next()
+        })
+        .flatten()
+        .map(|ip| ip.trim().to_string())
+        .filter(|ip| !ip.is_empty())
+        .unwrap_or_else(|| client.ip.to_string())
+}
+
+fn too_many_requests(retry_after: Duration) -> Response<ProxyBody> {
+    let seconds = retry_after.as_secs().max(1);
+    let body = json!({"error": {"code": "TooManyRequests", "message": "Too many token requests; retry later."}});
+    let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, body.to_string());
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// A token bucket per client key.
+struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    fn new(per_minute: u32, burst: u32) -> RateLimiter {
+        RateLimiter {
+            per_second: f64::from(per_minute) / 60.0,
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token, or says how long until one is there.
+    fn take(&self, key: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
+            self.forget_idle(&mut buckets, now);
+        }
+        let (tokens, last) = buckets.entry(key.to_string()).or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            return Ok(());
+        }
+        let missing = 1.0 - *tokens;
+        let wait = if self.per_second > 0.0 {
+            missing / self.per_second
+        } else {
+            3600.0
+        };
+        Err(Duration::from_secs_f64(wait.ceil()))
+    }
+
+    fn forget_idle(&self, buckets: &mut HashMap<String, (f64, Instant)>, now: Instant) {
+        let refill = |tokens: f64, last: Instant| {
+            tokens + now.duration_since(last).as_secs_f64() * self.per_second
+        };
+        buckets.retain(|_, (tokens, last)| refill(*tokens, *last) < self.burst);
+        if buckets.len() >= MAX_BUCKETS {
+            buckets.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_the_burst_then_asks_to_wait() {
+        let limiter = RateLimiter::new(60, 2);
+        assert!(limiter.take("a").is_ok());
+        assert!(limiter.take("a").is_ok());
+        let wait = limiter.take("a").expect_err("over the burst");
+        assert!(
+            wait >= Duration::from_secs(1) && wait <= Duration::from_secs(2),
+            "{wait:?}"
+        );
+        assert!(limiter.take("b").is_ok(), "other clients are not affected");
+    }
+
+    #[tokio::test]
+    async fn binding_replaces_the_user_id_and_keeps_other_fields() {
+        let body = full(r#"{"user":{"id":"dl_chosen","name":"x"},"trustedOrigins":["https://a"]}"#);
+        let bound: Value =
+            serde_json::from_slice(&bind_user(body, "dl_bound").await.expect("ok")).expect("json");
+        assert_eq!(bound["user"]["id"], "dl_bound");
+        assert_eq!(bound["user"]["name"], "x");
+        assert_eq!(bound["trustedOrigins"][0], "https://a");
+        let empty: Value =
+            serde_json::from_slice(&bind_user(full(""), "dl_b").await.expect("ok")).expect("json");
+        assert_eq!(empty, json!({"user": {"id": "dl_b"}}));
+        assert!(bind_user(full("[1]"), "dl_b").await.is_err());
+        assert!(bind_user(full("{not json"), "dl_b").await.is_err());
+    }
+}

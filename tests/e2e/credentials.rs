@@ -1,0 +1,272 @@
+//! The Direct Line secret stays on the server: minting and credential-less
+//! starts get it upstream, nothing else does, and tokens can be bound to
+//! the user the ingress authenticated.
+
+use bytes::Bytes;
+use directline_proxy::config::Config;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::common::{Stack, quiet_emulator};
+
+fn secret_from_env(config: &mut Config, var: &str, secret: &str) {
+    // The variable name is unique to the test that sets it.
+    unsafe { std::env::set_var(var, secret) };
+    config.directline.secret_env = Some(var.into());
+}
+
+async fn stack_holding_the_secret(var: &str, adjust: impl FnOnce(&mut Config)) -> Stack {
+    let emulator = quiet_emulator();
+    let secret = emulator.secret.clone();
+    Stack::start_with(emulator, move |c| {
+        secret_from_env(c, var, &secret);
+        adjust(c);
+    })
+    .await
+}
+
+fn upstream_authorizations(stack: &Stack, path: &str) -> Vec<Option<String>> {
+    stack
+        .emulator
+        .requests()
+        .into_iter()
+        .filter(|r| r.path_and_query.starts_with(path))
+        .map(|r| {
+            r.headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn minting_without_credentials_uses_the_server_secret() {
+    let stack = stack_holding_the_secret("DLPROXY_TEST_SECRET_MINT", |_| {}).await;
+    let reply = stack
+        .http
+        .send(
+            Method::POST,
+            &stack.proxy_url("/v3/directline/tokens/generate"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let token = reply.json()["token"].as_str().expect("token").to_string();
+    assert!(
+        !reply.text().contains(&stack.secret()),
+        "the secret never reaches the client"
+    );
+    let expected = format!("Bearer {}", stack.secret());
+    assert_eq!(
+        upstream_authorizations(&stack, "/v3/directline/tokens/generate"),
+        vec![Some(expected)]
+    );
+
+    // The minted token works for the rest of the conversation, through the proxy.
+    let start = stack
+        .http
+        .post_json(
+            &stack.proxy_url("/v3/directline/conversations"),
+            &token,
+            &Value::Null,
+        )
+        .await;
+    assert_eq!(start.status, StatusCode::CREATED);
+    assert_eq!(
+        upstream_authorizations(&stack, "/v3/directline/conversations")
+            .last()
+            .cloned()
+            .flatten(),
+        Some(format!("Bearer {token}")),
+        "a client's own credentials are forwarded as they are"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_start_without_credentials_uses_the_secret_and_no_other_route_ever_does() {
+    let stack = stack_holding_the_secret("DLPROXY_TEST_SECRET_START", |_| {}).await;
+    let start = stack
+        .http
+        .send(
+            Method::POST,
+            &stack.proxy_url("/v3/directline/conversations"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(start.status, StatusCode::CREATED, "{}", start.text());
+    let id = start.json()["conversationId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let poll_path = format!("/v3/directline/conversations/{id}/activities");
+    let poll = stack
+        .http
+        .send(Method::GET, &stack.proxy_url(&poll_path), &[], Bytes::new())
+        .await;
+    assert_eq!(
+        poll.status,
+        StatusCode::UNAUTHORIZED,
+        "no secret added to a poll"
+    );
+    let refresh = stack
+        .http
+        .send(
+            Method::POST,
+            &stack.proxy_url("/v3/directline/tokens/refresh"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(refresh.status, StatusCode::UNAUTHORIZED);
+    let secret = stack.secret();
+    for request in stack.emulator.requests() {
+        let carries_secret = request
+            .headers
+            .get("authorization")
+            .is_some_and(|v| v.to_str().is_ok_and(|v| v.contains(&secret)));
+        if carries_secret {
+            assert_eq!(
+                request.path_and_query, "/v3/directline/conversations",
+                "secret only on the start"
+            );
+        }
+    }
+    stack.shutdown().await;
+}
+
+async fn mint_as(stack: &Stack, user: Option<&str>, body: &Value) -> (StatusCode, Option<String>) {
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(user) = user {
+        headers.push(("x-forwarded-user", user));
+    }
+    let reply = stack
+        .http
+        .send(
+            Method::POST,
+            &stack.proxy_url("/v3/directline/tokens/generate"),
+            &headers,
+            body.to_string(),
+        )
+        .await;
+    let sent = stack
+        .emulator
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.path_and_query == "/v3/directline/tokens/generate")
+        .map(|r| serde_json::from_slice::<Value>(&r.body).expect("json body"))
+        .and_then(|b| b["user"]["id"].as_str().map(str::to_string));
+    (
+        reply.status,
+        sent.filter(|_| reply.status == StatusCode::OK),
+    )
+}
+
+#[tokio::test]
+async fn tokens_are_bound_to_the_authenticated_user() {
+    let stack = stack_holding_the_secret("DLPROXY_TEST_SECRET_BIND", |c| {
+        c.directline.user_id_header = Some("x-forwarded-user".into());
+    })
+    .await;
+    let chosen =
+        json!({"user": {"id": "dl_i-choose-who-i-am"}, "trustedOrigins": ["https://a.example"]});
+    let (status, alice) = mint_as(&stack, Some("alice@example.com"), &chosen).await;
+    assert_eq!(status, StatusCode::OK);
+    let alice = alice.expect("user id sent upstream");
+    assert!(alice.starts_with("dl_"), "{alice}");
+    assert!(!alice.contains("alice"), "not reversible: {alice}");
+    assert_ne!(
+        alice, "dl_i-choose-who-i-am",
+        "the client's choice is ignored"
+    );
+    let (_, again) = mint_as(&stack, Some("alice@example.com"), &json!({})).await;
+    assert_eq!(again.as_deref(), Some(alice.as_str()), "stable");
+    let (_, bob) = mint_as(&stack, Some("bob@example.com"), &json!({})).await;
+    assert_ne!(bob.as_deref(), Some(alice.as_str()));
+    let sent = stack
+        .emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.path_and_query == "/v3/directline/tokens/generate")
+        .expect("first mint");
+    let body: Value = serde_json::from_slice(&sent.body).expect("json");
+    assert_eq!(
+        body["trustedOrigins"][0], "https://a.example",
+        "other fields are kept"
+    );
+
+    let (status, _) = mint_as(&stack, None, &json!({})).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "no authenticated user, no token"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn minting_is_rate_limited_per_client() {
+    let stack = stack_holding_the_secret("DLPROXY_TEST_SECRET_RATE", |c| {
+        c.directline.user_id_header = Some("x-forwarded-user".into());
+        c.directline.mint_rate_per_minute = 1;
+        c.directline.mint_burst = 2;
+    })
+    .await;
+    assert_eq!(
+        mint_as(&stack, Some("carol"), &json!({})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        mint_as(&stack, Some("carol"), &json!({})).await.0,
+        StatusCode::OK
+    );
+    let before = stack.emulator.requests().len();
+    let reply = stack
+        .http
+        .send(
+            Method::POST,
+            &stack.proxy_url("/v3/directline/tokens/generate"),
+            &[("x-forwarded-user", "carol")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.json()["error"]["code"], "TooManyRequests");
+    let retry_after: u64 = reply.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        stack.emulator.requests().len(),
+        before,
+        "refused before the upstream"
+    );
+    assert_eq!(
+        mint_as(&stack, Some("dave"), &json!({})).await.0,
+        StatusCode::OK,
+        "per client"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_secret_source_is_a_clear_start_error() {
+    let mut config = crate::common::proxy_config("http://127.0.0.1:9");
+    config.directline.secret_env = Some("DLPROXY_TEST_SECRET_THAT_IS_NOT_SET".into());
+    let error = directline_proxy::start(config)
+        .await
+        .err()
+        .expect("start fails");
+    assert!(
+        error
+            .to_string()
+            .contains("DLPROXY_TEST_SECRET_THAT_IS_NOT_SET"),
+        "{error}"
+    );
+}
