@@ -63,6 +63,42 @@ pub struct Config {
     pub sso: SsoConfig,
     pub metrics: MetricsConfig,
     pub directline: DirectLineConfig,
+    pub reload: ReloadConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// How often the config and certificate files are checked for changes;
+    /// 0 turns watching off (SIGHUP still reloads).
+    pub watch_interval_ms: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch_interval_ms: 5_000,
+        }
+    }
+}
+
+impl ReloadConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.watch_interval_ms != 0 {
+            check_range(
+                "reload.watch_interval_ms",
+                self.watch_interval_ms,
+                100,
+                3_600_000,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `None` when watching is off.
+    pub fn watch_interval(&self) -> Option<Duration> {
+        (self.watch_interval_ms > 0).then(|| Duration::from_millis(self.watch_interval_ms))
+    }
 }
 
 /// The Direct Line secret held by the proxy (never by the client).
@@ -578,6 +614,7 @@ impl Config {
         self.limits.validate()?;
         self.log.validate()?;
         self.directline.validate()?;
+        self.reload.validate()?;
         self.sso.validate()
     }
 }

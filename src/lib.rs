@@ -12,14 +12,15 @@ pub mod forward;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod sso;
 pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
 
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -34,7 +35,9 @@ use crate::directline::credentials::ServerCredentials;
 use crate::directline::stream_url::PublicBase;
 use crate::metrics::Metrics;
 use crate::proxy::Shared;
+use crate::reload::{ReloadError, Reloader};
 use crate::sso::Sso;
+use crate::sso::decisions::Decisions;
 use crate::upstream::{Upstream, UpstreamSetupError};
 
 #[derive(Debug, Error)]
@@ -63,6 +66,7 @@ pub struct RunningProxy {
     tls: bool,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    reloader: Arc<Reloader>,
 }
 
 impl RunningProxy {
@@ -74,6 +78,24 @@ impl RunningProxy {
     pub fn base_url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.local_addr)
+    }
+
+    /// Applies a new config's TLS certificate and `[sso]` settings.
+    pub fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        self.reloader.apply(config)
+    }
+
+    /// A handle for reloading from a file (SIGHUP) while the proxy runs.
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
+    /// Reloads whenever `path` or the certificate files change, checking
+    /// every `interval`, until the proxy stops.
+    pub fn watch(&self, path: std::path::PathBuf, interval: std::time::Duration) {
+        self.reloader
+            .clone()
+            .watch(path, interval, self.stop.clone());
     }
 
     /// A handle that starts the graceful shutdown when cancelled.
@@ -109,7 +131,17 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     let credentials = ServerCredentials::from_config(&config.directline)?;
     let metrics = Arc::new(Metrics::new());
     let upstream = Arc::new(Upstream::new(&config.upstream, metrics.clone())?);
-    let sso = Sso::new(&config.sso, upstream.clone(), metrics.clone())?.map(Arc::new);
+    let decisions = Arc::new(Decisions::new(
+        config.sso.decision_ttl(),
+        config.sso.decision_capacity,
+    ));
+    let sso = Sso::new(
+        &config.sso,
+        upstream.clone(),
+        metrics.clone(),
+        decisions.clone(),
+    )?
+    .map(Arc::new);
     let configured_public_base = config
         .listen
         .public_base()?
@@ -127,7 +159,8 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         tls: tls.is_some(),
         config,
         upstream,
-        sso,
+        sso: RwLock::new(sso),
+        decisions,
         metrics,
         credentials,
         configured_public_base,
@@ -136,6 +169,8 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         ready: AtomicBool::new(true),
     });
     let stop = CancellationToken::new();
+    let tls = tls.map(|acceptor| Arc::new(RwLock::new(acceptor)));
+    let reloader = Arc::new(Reloader::new(shared.clone(), tls.clone()));
     let task = server::spawn(server::Listener { tcp, tls }, shared.clone(), stop.clone());
     tracing::info!(
         %local_addr,
@@ -149,5 +184,6 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         tls: shared.tls,
         stop,
         task,
+        reloader,
     })
 }

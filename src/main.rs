@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
 use directline_proxy::config::Config;
+use directline_proxy::reload::Reloader;
 use directline_proxy::{demo, emulator, logging};
 
 #[derive(Parser)]
@@ -104,6 +107,7 @@ async fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     logging::init(config.log.json());
+    let watch_interval = config.reload.watch_interval();
     let proxy = match directline_proxy::start(config).await {
         Ok(proxy) => proxy,
         Err(error) => {
@@ -112,6 +116,10 @@ async fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(interval) = watch_interval {
+        proxy.watch(path.to_path_buf(), interval);
+    }
+    reload_on_sighup(proxy.reloader(), path.to_path_buf());
     let stop = proxy.stop_token();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -124,6 +132,24 @@ async fn run(path: &std::path::Path) -> ExitCode {
     proxy.wait().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP reloads the TLS certificate and `[sso]` from the config file.
+fn reload_on_sighup(reloader: Arc<Reloader>, path: PathBuf) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("SIGHUP cannot be watched; reload by changing the file instead");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            let _ = reloader.reload_file(&path);
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (reloader, path);
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -110,6 +110,11 @@ struct ProviderOutcomeLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ErrorLabels {
     kind: &'static str,
 }
@@ -135,6 +140,7 @@ pub struct Metrics {
     provider_calls: Family<ProviderOutcomeLabels, Counter>,
     provider_duration: HistogramFamily<ProviderLabels>,
     errors: Family<ErrorLabels, Counter>,
+    reloads: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -160,6 +166,7 @@ impl Metrics {
             provider_calls: Family::default(),
             provider_duration: Family::new_with_constructor(histogram),
             errors: Family::default(),
+            reloads: Family::default(),
         };
         metrics.register()
     }
@@ -226,6 +233,11 @@ impl Metrics {
             self.provider_duration.clone(),
         );
         r.register("errors", "Errors by kind", self.errors.clone());
+        r.register(
+            "config_reloads",
+            "Config reloads by outcome (applied, rejected)",
+            self.reloads.clone(),
+        );
         r.register(
             "build",
             "Build information",
@@ -309,6 +321,11 @@ impl Metrics {
         self.provider_duration
             .get_or_create(&ProviderLabels { provider })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn config_reload(&self, applied: bool) {
+        let outcome = if applied { "applied" } else { "rejected" };
+        self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     pub fn error(&self, kind: ErrorKind) {

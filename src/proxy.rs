@@ -1,8 +1,8 @@
 //! What every request handler shares, and the router in front of them.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
@@ -22,13 +22,17 @@ use crate::directline::{rest, stream};
 use crate::forward::ClientInfo;
 use crate::metrics::{Metrics, Transport};
 use crate::sso::Sso;
+use crate::sso::decisions::Decisions;
 use crate::upstream::Upstream;
 
 pub struct Shared {
     pub config: Config,
     pub upstream: Arc<Upstream>,
-    /// Server-side sign-in; `None` when `sso.provider = "none"`.
-    pub sso: Option<Arc<Sso>>,
+    /// Server-side sign-in; `None` when `sso.provider = "none"`. Swapped
+    /// by a reload; requests and streams keep the one they started with.
+    pub sso: RwLock<Option<Arc<Sso>>>,
+    /// Exchange-once memory, kept across SSO reloads.
+    pub decisions: Arc<Decisions>,
     pub metrics: Arc<Metrics>,
     /// The server-held Direct Line secret, when configured.
     pub credentials: Option<ServerCredentials>,
@@ -46,6 +50,10 @@ pub struct Shared {
 }
 
 impl Shared {
+    pub fn sso(&self) -> Option<Arc<Sso>> {
+        self.sso.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Where clients reach this proxy, for rewritten `streamUrl`s.
     pub fn public_base(&self, uri: &Uri, headers: &HeaderMap) -> Option<PublicBase> {
         if let Some(base) = &self.configured_public_base {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::forward::ClientInfo;
 use crate::metrics::ErrorKind;
 use crate::proxy::{Shared, handle};
+use crate::reload::SharedAcceptor;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop
 /// does not spin.
@@ -25,7 +26,8 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 pub struct Listener {
     pub tcp: TcpListener,
-    pub tls: Option<TlsAcceptor>,
+    /// Read for every connection, so a reload applies to new ones.
+    pub tls: Option<SharedAcceptor>,
 }
 
 /// Runs the accept loop until `stop` is cancelled, then drains.
@@ -65,7 +67,10 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
-        let tls = listener.tls.clone();
+        let tls = listener
+            .tls
+            .as_ref()
+            .map(|current| current.read().unwrap_or_else(|p| p.into_inner()).clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             serve_connection(tcp, peer, tls, shared, watcher).await;

@@ -311,4 +311,26 @@ mod tests {
         assert!(bind_user(full("[1]"), "dl_b").await.is_err());
         assert!(bind_user(full("{not json"), "dl_b").await.is_err());
     }
+
+    #[test]
+    fn the_secret_comes_from_the_named_environment_variable() {
+        // Unique to this test; no other test in this binary reads it.
+        unsafe { std::env::set_var("DL_UNIT_TEST_SECRET_ENV", " the-secret\n") };
+        let config = DirectLineConfig {
+            secret_env: Some("DL_UNIT_TEST_SECRET_ENV".into()),
+            ..DirectLineConfig::default()
+        };
+        let credentials = ServerCredentials::from_config(&config)
+            .expect("loads")
+            .expect("configured");
+        assert_eq!(credentials.authorization, "Bearer the-secret");
+        let missing = DirectLineConfig {
+            secret_env: Some("DL_UNIT_TEST_SECRET_NOT_SET".into()),
+            ..DirectLineConfig::default()
+        };
+        let error = ServerCredentials::from_config(&missing)
+            .err()
+            .expect("error");
+        assert!(error.to_string().contains("DL_UNIT_TEST_SECRET_NOT_SET"));
+    }
 }

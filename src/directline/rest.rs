@@ -3,6 +3,8 @@
 //! rewritten: conversation responses (their `streamUrl` points at the proxy)
 //! and, with SSO on, polled ActivitySets (the inspection pipeline).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Limited};
@@ -16,14 +18,14 @@ use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::ErrorKind;
 use crate::proxy::Shared;
 use crate::sso::providers::bearer_value;
-use crate::sso::{Access, seal};
+use crate::sso::{Access, Sso, seal};
 use crate::upstream::UpstreamError;
 
 /// What happens to the upstream's answer.
 enum Treatment {
     Pass,
     RewriteStreamUrl(PublicBase),
-    InspectPoll(Access),
+    InspectPoll(Arc<Sso>, Access),
 }
 
 impl Treatment {
@@ -77,10 +79,7 @@ pub async fn relay(
     };
     let rewritten = match &treatment {
         Treatment::RewriteStreamUrl(public) => rewrite_stream_url(shared, &bytes, public),
-        Treatment::InspectPoll(access) => match &shared.sso {
-            Some(sso) => sso.process(access, &bytes).await,
-            None => None,
-        },
+        Treatment::InspectPoll(sso, access) => sso.process(access, &bytes).await,
         Treatment::Pass => None,
     };
     let body = match rewritten {
@@ -94,7 +93,7 @@ pub async fn relay(
 }
 
 fn treatment<B>(shared: &Shared, route: &Route, request: &Request<B>) -> Treatment {
-    match (route, &shared.sso) {
+    match (route, shared.sso()) {
         (Route::StartConversation | Route::Reconnect { .. }, _) => shared
             .public_base(request.uri(), request.headers())
             .map_or(Treatment::Pass, Treatment::RewriteStreamUrl),
@@ -105,11 +104,15 @@ fn treatment<B>(shared: &Shared, route: &Route, request: &Request<B>) -> Treatme
                 .and_then(|v| v.to_str().ok())
                 .and_then(bearer_value)
                 .map(str::to_string);
-            Treatment::InspectPoll(Access {
-                conversation_id: conversation_id.clone(),
-                token,
-                user_headers: sso.capture_headers(request.headers()),
-            })
+            let user_headers = sso.capture_headers(request.headers());
+            Treatment::InspectPoll(
+                sso,
+                Access {
+                    conversation_id: conversation_id.clone(),
+                    token,
+                    user_headers,
+                },
+            )
         }
         _ => Treatment::Pass,
     }
@@ -174,7 +177,7 @@ async fn read_whole(shared: &Shared, body: Incoming) -> Result<Bytes, Response<P
 /// `streamUrl` pointed at the proxy; with SSO on it also carries the sealed
 /// conversation token the stream relay needs for the invoke flow.
 fn rewrite_stream_url(shared: &Shared, bytes: &[u8], public: &PublicBase) -> Option<Vec<u8>> {
-    let sealed = shared.sso.as_ref().and_then(|sso| {
+    let sealed = shared.sso().and_then(|sso| {
         let (conversation_id, token) = stream_url::conversation_and_token(bytes)?;
         let context = seal::StreamContext { token };
         sso.sealer()

@@ -106,7 +106,7 @@ fn inspector_for(
     conversation_id: &str,
     request: &mut Request<Incoming>,
 ) -> Inspector {
-    let Some(sso) = &shared.sso else {
+    let Some(sso) = shared.sso() else {
         return Inspector::default();
     };
     let (stripped, sealed) = stream_url::take_query_param(request.uri(), seal::PARAM);
@@ -117,7 +117,7 @@ fn inspector_for(
         token,
         user_headers: sso.capture_headers(request.headers()),
     };
-    Inspector::new(Some(sso.clone()), access)
+    Inspector::new(Some(sso), access)
 }
 
 fn bad_handshake() -> Response<ProxyBody> {

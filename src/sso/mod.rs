@@ -59,7 +59,8 @@ pub struct Sso {
     provider: Provider,
     flows: Vec<Flow>,
     allow: AllowList,
-    decisions: Decisions,
+    /// Shared across reloads: what was decided stays decided.
+    decisions: Arc<Decisions>,
     sealer: Sealer,
     markers: Markers,
     timeout: Duration,
@@ -74,6 +75,7 @@ impl Sso {
         config: &SsoConfig,
         upstream: Arc<Upstream>,
         metrics: Arc<Metrics>,
+        decisions: Arc<Decisions>,
     ) -> Result<Option<Sso>, SsoSetupError> {
         let Some(provider) = Provider::from_config(config, upstream.client())? else {
             return Ok(None);
@@ -86,7 +88,7 @@ impl Sso {
         Ok(Some(Sso {
             flows: config.flows.iter().filter_map(|f| Flow::parse(f)).collect(),
             allow: AllowList::new(&config.token_post_allow_hosts),
-            decisions: Decisions::new(config.decision_ttl(), config.decision_capacity),
+            decisions,
             sealer: Sealer::new(&config.seal_keys, SEAL_LIFETIME)?,
             markers: Markers::default(),
             timeout: config.timeout(),

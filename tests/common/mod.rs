@@ -30,6 +30,15 @@ pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
+/// A file in the temp dir holding `contents`, named after the test that
+/// needs it (secrets are passed by file: setting environment variables
+/// races with other tests reading the environment).
+pub fn scratch_file(name: &str, contents: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("dlproxy-test-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).expect("write scratch file");
+    path
+}
+
 /// A proxy config for tests: port 0, the given upstream, short timeouts.
 pub fn proxy_config(upstream: &str) -> Config {
     let mut config = Config::default();

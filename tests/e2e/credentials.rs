@@ -9,17 +9,17 @@ use serde_json::{Value, json};
 
 use crate::common::{Stack, quiet_emulator};
 
-fn secret_from_env(config: &mut Config, var: &str, secret: &str) {
-    // The variable name is unique to the test that sets it.
-    unsafe { std::env::set_var(var, secret) };
-    config.directline.secret_env = Some(var.into());
+/// The secret in a file, with the trailing newline mounted Secrets often have.
+fn secret_in_file(config: &mut Config, name: &str, secret: &str) {
+    let path = crate::common::scratch_file(name, &format!("{secret}\n"));
+    config.directline.secret_file = Some(path);
 }
 
 async fn stack_holding_the_secret(var: &str, adjust: impl FnOnce(&mut Config)) -> Stack {
     let emulator = quiet_emulator();
     let secret = emulator.secret.clone();
     Stack::start_with(emulator, move |c| {
-        secret_from_env(c, var, &secret);
+        secret_in_file(c, var, &secret);
         adjust(c);
     })
     .await
@@ -42,7 +42,7 @@ fn upstream_authorizations(stack: &Stack, path: &str) -> Vec<Option<String>> {
 
 #[tokio::test]
 async fn minting_without_credentials_uses_the_server_secret() {
-    let stack = stack_holding_the_secret("DLPROXY_TEST_SECRET_MINT", |_| {}).await;
+    let stack = stack_holding_the_secret("TEST_DL_SECRET_MINT", |_| {}).await;
     let reply = stack
         .http
         .send(
@@ -87,7 +87,7 @@ async fn minting_without_credentials_uses_the_server_secret() {
 
 #[tokio::test]
 async fn a_start_without_credentials_uses_the_secret_and_no_other_route_ever_does() {
-    let stack = stack_holding_the_secret("DLPROXY_TEST_SECRET_START", |_| {}).await;
+    let stack = stack_holding_the_secret("TEST_DL_SECRET_START", |_| {}).await;
     let start = stack
         .http
         .send(
@@ -168,7 +168,7 @@ async fn mint_as(stack: &Stack, user: Option<&str>, body: &Value) -> (StatusCode
 
 #[tokio::test]
 async fn tokens_are_bound_to_the_authenticated_user() {
-    let stack = stack_holding_the_secret("DLPROXY_TEST_SECRET_BIND", |c| {
+    let stack = stack_holding_the_secret("TEST_DL_SECRET_BIND", |c| {
         c.directline.user_id_header = Some("x-forwarded-user".into());
     })
     .await;
@@ -210,7 +210,7 @@ async fn tokens_are_bound_to_the_authenticated_user() {
 
 #[tokio::test]
 async fn minting_is_rate_limited_per_client() {
-    let stack = stack_holding_the_secret("DLPROXY_TEST_SECRET_RATE", |c| {
+    let stack = stack_holding_the_secret("TEST_DL_SECRET_RATE", |c| {
         c.directline.user_id_header = Some("x-forwarded-user".into());
         c.directline.mint_rate_per_minute = 1;
         c.directline.mint_burst = 2;
@@ -258,15 +258,13 @@ async fn minting_is_rate_limited_per_client() {
 #[tokio::test]
 async fn a_missing_secret_source_is_a_clear_start_error() {
     let mut config = crate::common::proxy_config("http://127.0.0.1:9");
-    config.directline.secret_env = Some("DLPROXY_TEST_SECRET_THAT_IS_NOT_SET".into());
+    config.directline.secret_env = Some("TEST_DL_SECRET_THAT_IS_NOT_SET".into());
     let error = directline_proxy::start(config)
         .await
         .err()
         .expect("start fails");
     assert!(
-        error
-            .to_string()
-            .contains("DLPROXY_TEST_SECRET_THAT_IS_NOT_SET"),
+        error.to_string().contains("TEST_DL_SECRET_THAT_IS_NOT_SET"),
         "{error}"
     );
 }

@@ -8,6 +8,7 @@ mod cli;
 mod credentials;
 mod failures;
 mod metrics;
+mod reload;
 mod shutdown;
 mod sso;
 mod stream_url;

@@ -649,19 +649,17 @@ async fn header_provider_takes_the_token_from_the_users_request() {
 }
 
 async fn oauth2_stack(grant: &str, token_endpoint: &Endpoint, secret_var: &str) -> Stack {
-    // SAFETY of the test: the variable name is unique to this test.
-    unsafe { std::env::set_var(secret_var, "client-secret-value") };
+    let secret_file = crate::common::scratch_file(secret_var, "client-secret-value\n");
     let url = token_endpoint.url("/oauth2/token");
     let grant = grant.to_string();
-    let secret_var = secret_var.to_string();
     sso_stack(move |c| {
         c.sso.provider = "oauth2".into();
         c.sso.oauth2 = Some(OAuth2ProviderConfig {
             token_url: url,
             grant,
             client_id: "proxy-client".into(),
-            client_secret_env: Some(secret_var),
-            client_secret_file: None,
+            client_secret_env: None,
+            client_secret_file: Some(secret_file),
             header: "x-forwarded-access-token".into(),
         });
     })
@@ -698,7 +696,7 @@ fn token_answer(_: &crate::common::endpoint::Seen) -> (StatusCode, String) {
 #[tokio::test]
 async fn oauth2_token_exchange_sends_an_rfc_8693_request_and_caches_the_result() {
     let endpoint = Endpoint::start(Duration::ZERO, token_answer).await;
-    let stack = oauth2_stack("token_exchange", &endpoint, "DLPROXY_TEST_RFC8693_SECRET").await;
+    let stack = oauth2_stack("token_exchange", &endpoint, "TEST_DL_RFC8693_SECRET").await;
     sign_in_with_incoming_token(&stack, "incoming-user-token", 2).await;
     let seen = endpoint.seen();
     assert_eq!(
@@ -740,7 +738,7 @@ async fn oauth2_token_exchange_sends_an_rfc_8693_request_and_caches_the_result()
 #[tokio::test]
 async fn oauth2_on_behalf_of_sends_the_entra_request_shape() {
     let endpoint = Endpoint::start(Duration::ZERO, token_answer).await;
-    let stack = oauth2_stack("on_behalf_of", &endpoint, "DLPROXY_TEST_OBO_SECRET").await;
+    let stack = oauth2_stack("on_behalf_of", &endpoint, "TEST_DL_OBO_SECRET").await;
     sign_in_with_incoming_token(&stack, "Bearer incoming-jwt", 1).await;
     let request = &endpoint.seen()[0];
     assert_eq!(
@@ -775,7 +773,7 @@ async fn oauth2_on_behalf_of_sends_the_entra_request_shape() {
 async fn oauth2_invalid_grant_keeps_the_card() {
     let endpoint =
         Endpoint::answering(StatusCode::BAD_REQUEST, r#"{"error":"invalid_grant"}"#).await;
-    let stack = oauth2_stack("on_behalf_of", &endpoint, "DLPROXY_TEST_OBO_FAIL_SECRET").await;
+    let stack = oauth2_stack("on_behalf_of", &endpoint, "TEST_DL_OBO_FAIL_SECRET").await;
     let conv = stack.start_conversation().await;
     let mut request = conv
         .stream_url

@@ -1,0 +1,181 @@
+//! Hot reload: SIGHUP, or a changed config/certificate file (Kubernetes
+//! updates mounted ConfigMaps and Secrets in place), reloads the listener's
+//! TLS certificate and the `[sso]` settings. Open connections keep what they
+//! started with; new ones get the new settings. A new config that does not
+//! validate, or a certificate that does not load, is rejected as a whole and
+//! the running settings stay.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::proxy::Shared;
+use crate::sso::{Sso, SsoSetupError};
+use crate::tls::{self, TlsError};
+
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("listener TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("sso: {0}")]
+    Sso(#[from] SsoSetupError),
+    #[error("turning TLS on or off needs a restart")]
+    TlsSwitch,
+}
+
+/// The listener's current TLS acceptor, read for every new connection.
+pub type SharedAcceptor = Arc<RwLock<TlsAcceptor>>;
+
+pub struct Reloader {
+    shared: Arc<Shared>,
+    tls: Option<SharedAcceptor>,
+    current: Mutex<Config>,
+}
+
+impl Reloader {
+    pub fn new(shared: Arc<Shared>, tls: Option<SharedAcceptor>) -> Reloader {
+        let current = Mutex::new(shared.config.clone());
+        Reloader {
+            shared,
+            tls,
+            current,
+        }
+    }
+
+    /// Applies `new`, all or nothing.
+    pub fn apply(&self, new: Config) -> Result<(), ReloadError> {
+        new.validate()?;
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.listen.tls_enabled() != new.listen.tls_enabled() {
+            return Err(ReloadError::TlsSwitch);
+        }
+        let acceptor = match (&new.listen.tls_cert, &new.listen.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(TlsAcceptor::from(Arc::new(tls::server_config(cert, key)?)))
+            }
+            _ => None,
+        };
+        let sso = Sso::new(
+            &new.sso,
+            self.shared.upstream.clone(),
+            self.shared.metrics.clone(),
+            self.shared.decisions.clone(),
+        )?
+        .map(Arc::new);
+        warn_about_fixed_sections(&current, &new);
+        if let (Some(slot), Some(acceptor)) = (&self.tls, acceptor) {
+            *slot.write().unwrap_or_else(|p| p.into_inner()) = acceptor;
+        }
+        *self.shared.sso.write().unwrap_or_else(|p| p.into_inner()) = sso;
+        *current = new;
+        Ok(())
+    }
+
+    /// Reads, validates and applies the config file; logs and counts the result.
+    pub fn reload_file(&self, path: &Path) -> Result<(), ReloadError> {
+        let result = Config::load(path)
+            .map_err(ReloadError::from)
+            .and_then(|config| self.apply(config));
+        match &result {
+            Ok(()) => {
+                self.shared.metrics.config_reload(true);
+                tracing::info!(path = %path.display(), "config reloaded: TLS certificate and [sso] applied");
+            }
+            Err(error) => {
+                self.shared.metrics.config_reload(false);
+                tracing::error!(path = %path.display(), %error, "config reload rejected; the running config stays");
+            }
+        }
+        result
+    }
+
+    /// The files whose change triggers a reload: the config and the
+    /// certificate files it names.
+    fn watched_files(&self, config_path: &Path) -> Vec<PathBuf> {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut files = vec![config_path.to_path_buf()];
+        files.extend(current.listen.tls_cert.clone());
+        files.extend(current.listen.tls_key.clone());
+        files
+    }
+
+    /// Polls the watched files every `interval` until `stop`, reloading when
+    /// their contents change (mtime alone misses Kubernetes' symlink swaps).
+    pub fn watch(self: Arc<Self>, path: PathBuf, interval: Duration, stop: CancellationToken) {
+        tokio::spawn(async move {
+            let mut seen = fingerprint(&self.watched_files(&path));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(interval) => {}
+                }
+                let now = fingerprint(&self.watched_files(&path));
+                if now != seen {
+                    tracing::info!(path = %path.display(), "watched files changed");
+                    let _ = self.reload_file(&path);
+                    seen = fingerprint(&self.watched_files(&path));
+                }
+            }
+        });
+    }
+}
+
+/// Sections that only a restart applies: a change is logged, not applied.
+fn warn_about_fixed_sections(current: &Config, new: &Config) {
+    let listen = |c: &Config| {
+        let mut listen = c.listen.clone();
+        listen.tls_cert = None;
+        listen.tls_key = None;
+        format!("{listen:?}")
+    };
+    let changed = [
+        ("listen", listen(current) != listen(new)),
+        (
+            "upstream",
+            format!("{:?}", current.upstream) != format!("{:?}", new.upstream),
+        ),
+        (
+            "websocket",
+            format!("{:?}", current.websocket) != format!("{:?}", new.websocket),
+        ),
+        (
+            "limits",
+            format!("{:?}", current.limits) != format!("{:?}", new.limits),
+        ),
+        (
+            "log",
+            format!("{:?}", current.log) != format!("{:?}", new.log),
+        ),
+        (
+            "metrics",
+            format!("{:?}", current.metrics) != format!("{:?}", new.metrics),
+        ),
+        (
+            "directline",
+            format!("{:?}", current.directline) != format!("{:?}", new.directline),
+        ),
+    ];
+    for (section, _) in changed.iter().filter(|(_, changed)| *changed) {
+        tracing::warn!(
+            section,
+            "this section changed; it takes effect only after a restart"
+        );
+    }
+}
+
+/// A digest of the files' contents (a missing file counts as empty).
+fn fingerprint(files: &[PathBuf]) -> Vec<u8> {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for file in files {
+        context.update(file.as_os_str().as_encoded_bytes());
+        context.update(&std::fs::read(file).unwrap_or_default());
+    }
+    context.finish().as_ref().to_vec()
+}
