@@ -306,8 +306,10 @@ pub struct OAuth2ProviderConfig {
     pub header: String,
 }
 
+/// Only the session cookie: `Authorization` on Direct Line calls is the
+/// Direct Line token, which the auth API has no use for.
 fn default_forward_headers() -> Vec<String> {
-    vec!["cookie".into(), "authorization".into()]
+    vec!["cookie".into()]
 }
 
 fn default_token_header() -> String {
@@ -499,6 +501,15 @@ fn validate_header_names(key: &str, names: &[String]) -> Result<(), ConfigError>
 }
 
 /// Like [`parse_base_url`] but a query is allowed (auth endpoints may need one).
+/// Keys whose values must not appear in an error message.
+fn holds_secret(key: &str) -> bool {
+    ["sso.seal_keys", "sso.static"]
+        .iter()
+        .any(|secret| key.starts_with(secret))
+}
+
+/// Like [`parse_base_url`] but a query is allowed (auth endpoints may need
+/// one); an error shows the URL without its query, which may hold a key.
 fn parse_base_url_with_query(key: &str, value: &str) -> Result<http::Uri, ConfigError> {
     let uri: Option<http::Uri> = value.parse().ok();
     match uri {
@@ -510,7 +521,7 @@ fn parse_base_url_with_query(key: &str, value: &str) -> Result<http::Uri, Config
         }
         _ => Err(ConfigError::invalid(
             key,
-            value,
+            value.split('?').next().unwrap_or_default(),
             "expected an absolute http/https URL with a host",
         )),
     }
@@ -597,10 +608,14 @@ impl Config {
         apply_env_overrides(&mut table, env)?;
         let config: Config =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                ConfigError::Schema {
-                    key: e.path().to_string(),
-                    message: e.inner().message().to_string(),
-                }
+                let key = e.path().to_string();
+                let message = if holds_secret(&key) {
+                    "invalid type or shape (the value is not shown: this key holds a secret)"
+                        .to_string()
+                } else {
+                    e.inner().message().to_string()
+                };
+                ConfigError::Schema { key, message }
             })?;
         config.validate()?;
         Ok(config)
@@ -1091,7 +1106,7 @@ mod tests {
         .expect("valid");
         assert_eq!(
             ok.sso.http.expect("section").forward_headers,
-            vec!["cookie", "authorization"]
+            vec!["cookie"]
         );
     }
 
@@ -1146,6 +1161,33 @@ mod tests {
             "{base}grant = \"token_exchange\"\nclient_secret_file = \"/s\"\n"
         ))
         .expect("valid");
+    }
+
+    #[test]
+    fn secrets_do_not_appear_in_schema_errors() {
+        let err = parse_env(
+            "",
+            &[(
+                "DLPROXY_SSO__SEAL_KEYS",
+                "c2VjcmV0LWtleS1mb3JnZXRzLWJyYWNrZXRz",
+            )],
+        )
+        .expect_err("a string is not a list")
+        .to_string();
+        assert!(err.contains("sso.seal_keys"), "{err}");
+        assert!(
+            !err.contains("c2VjcmV0LWtleS1mb3JnZXRzLWJyYWNrZXRz"),
+            "{err}"
+        );
+        let err = error_text("[sso.static]\ntoken = 12345\n");
+        assert!(
+            err.contains("sso.static.token") && !err.contains("12345"),
+            "{err}"
+        );
+        let err = error_text(
+            "[sso]\nprovider = \"http\"\n[sso.http]\nurl = \"nope?code=function-key\"\n",
+        );
+        assert!(!err.contains("function-key"), "{err}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -50,6 +50,19 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Headers of the user's request the proxy itself consumes (the SSO
+    /// provider's inputs, the authenticated-user header): the user's
+    /// credentials for the proxy, never forwarded to Direct Line.
+    /// `Authorization` is Direct Line's own and always forwarded.
+    pub fn consumed_headers(&self) -> Vec<HeaderName> {
+        let mut names = self.sso().map(|sso| sso.header_names()).unwrap_or_default();
+        if let Some(credentials) = &self.credentials {
+            names.extend(credentials.user_id_header().cloned());
+        }
+        names.retain(|name| name != http::header::AUTHORIZATION);
+        names
+    }
+
     pub fn sso(&self) -> Option<Arc<Sso>> {
         self.sso.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -93,6 +106,11 @@ pub async fn handle(
         (&Method::GET, "/healthz") => text_response(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readiness(&shared),
         (&Method::GET, "/metrics") if shared.config.metrics.enabled => metrics(&shared),
+        (_, p) if p.starts_with(PREFIX) && Route::has_dot_segments(p) => directline_error(
+            StatusCode::BAD_REQUEST,
+            "BadArgument",
+            "Dot segments are not allowed in the path.",
+        ),
         (_, p) if p.starts_with(PREFIX) => directline(&shared, request, &client).await,
         _ => directline_error(
             StatusCode::NOT_FOUND,

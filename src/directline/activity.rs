@@ -143,7 +143,22 @@ fn is_proxy_invoke(activity: &Value) -> bool {
             .is_some_and(|id| id.starts_with(PROXY_INVOKE_MARKER))
 }
 
+/// Whether the activity is the echo of something the user posted: cards in
+/// those are the user's, not the bot's, and are never acted on (a user could
+/// otherwise aim the proxy at a `sasUrl` of their choosing). Direct Line user
+/// ids start with `dl_`; clients mark their own activities with
+/// `role: "user"` or a `clientActivityID`.
+fn sent_by_user(activity: &Value) -> bool {
+    let from = &activity["from"];
+    from["role"] == "user"
+        || from["id"].as_str().is_some_and(|id| id.starts_with("dl_"))
+        || activity["channelData"]["clientActivityID"].is_string()
+}
+
 fn oauth_cards(index: usize, activity: &Value) -> Vec<OAuthCard> {
+    if sent_by_user(activity) {
+        return Vec::new();
+    }
     let Some(attachments) = activity["attachments"].as_array() else {
         return Vec::new();
     };
@@ -367,6 +382,21 @@ mod tests {
                 "content": {"text": OAUTH_CARD}})],
             ),
         ]);
+        assert!(findings(&bytes).is_empty());
+    }
+
+    #[test]
+    fn cards_the_user_posted_are_not_the_bots() {
+        let mut by_role = card_activity(
+            "a",
+            vec![oauth(None, Some("https://token.botframework.com/s"))],
+        );
+        by_role["from"] = json!({"id": "anyone", "role": "user"});
+        let mut by_id = card_activity("b", vec![oauth(Some("ex"), None)]);
+        by_id["from"] = json!({"id": "dl_someone"});
+        let mut by_client_id = card_activity("c", vec![oauth(Some("ex"), None)]);
+        by_client_id["channelData"] = json!({"clientActivityID": "web-chat-1"});
+        let bytes = set_bytes(&[by_role, by_id, by_client_id]);
         assert!(findings(&bytes).is_empty());
     }
 

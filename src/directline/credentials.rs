@@ -21,10 +21,11 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 use super::route::Route;
-use crate::body::{ProxyBody, directline_error, full, json_response};
+use crate::body::{BoxError, ProxyBody, directline_error, full, json_response};
 use crate::config::DirectLineConfig;
 use crate::forward::{ClientInfo, X_FORWARDED_FOR};
 use crate::sso::providers::bearer_value;
+use crate::upstream::Upstream;
 
 /// A mint request body larger than this is not a Direct Line token request.
 const MAX_MINT_BODY_BYTES: usize = 64 * 1024;
@@ -47,6 +48,7 @@ pub enum Refusal {
     NoUser,
     BadBody,
     TooMany(Duration),
+    MintFailed,
 }
 
 impl Refusal {
@@ -63,6 +65,11 @@ impl Refusal {
                 "The request body is not a JSON object.",
             ),
             Refusal::TooMany(retry_after) => too_many_requests(retry_after),
+            Refusal::MintFailed => directline_error(
+                StatusCode::BAD_GATEWAY,
+                "BadGateway",
+                "A token for the user could not be obtained from Direct Line.",
+            ),
         }
     }
 }
@@ -119,13 +126,26 @@ impl ServerCredentials {
         }
     }
 
+    /// The header carrying the authenticated user, if binding is on; the
+    /// proxy consumes it and does not forward it.
+    pub fn user_id_header(&self) -> Option<&HeaderName> {
+        self.user_id_header.as_ref()
+    }
+
     /// Puts the secret (and the bound user id) on the request, or answers
     /// the client directly (401 without the user header, 429 over the rate).
+    ///
+    /// With binding on, a start without credentials is started with a
+    /// freshly minted bound token instead of the secret: Direct Line binds
+    /// `user.id` only when minting, so a secret start would let the client
+    /// speak as anyone.
     pub async fn apply(
         &self,
+        route: &Route,
         request: Request<ProxyBody>,
         client: &ClientInfo,
         trust_forwarded: bool,
+        upstream: &Upstream,
     ) -> Result<Request<ProxyBody>, Refusal> {
         let user_id = match &self.user_id_header {
             Some(name) => Some(self.bound_user_id(request.headers(), name)?),
@@ -136,9 +156,11 @@ impl ServerCredentials {
             .unwrap_or_else(|| client_address(request.headers(), client, trust_forwarded));
         self.limiter.take(&client_key).map_err(Refusal::TooMany)?;
         let (mut parts, body) = request.into_parts();
-        parts
-            .headers
-            .insert(header::AUTHORIZATION, self.authorization.clone());
+        let authorization = match (&user_id, route) {
+            (Some(user_id), Route::StartConversation) => self.mint_bound(upstream, user_id).await?,
+            _ => self.authorization.clone(),
+        };
+        parts.headers.insert(header::AUTHORIZATION, authorization);
         let body = match user_id {
             Some(user_id) => {
                 let bound = bind_user(body, &user_id).await?;
@@ -152,6 +174,42 @@ impl ServerCredentials {
             None => body,
         };
         Ok(Request::from_parts(parts, body))
+    }
+
+    /// `Bearer <token>` of a token minted for `user_id`.
+    async fn mint_bound(&self, upstream: &Upstream, user_id: &str) -> Result<HeaderValue, Refusal> {
+        let uri: http::Uri = "/v3/directline/tokens/generate"
+            .parse()
+            .map_err(|_| Refusal::MintFailed)?;
+        let request = Request::builder()
+            .method(http::Method::POST)
+            .uri(upstream.url_for(&uri).map_err(|_| Refusal::MintFailed)?)
+            .header(header::AUTHORIZATION, self.authorization.clone())
+            .header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )
+            .body(full(json!({"user": {"id": user_id}}).to_string()))
+            .map_err(|_| Refusal::MintFailed)?;
+        let response = upstream
+            .send(request, "generate_token")
+            .await
+            .map_err(|_| Refusal::MintFailed)?;
+        if !response.status().is_success() {
+            tracing::warn!(status = %response.status(), "minting a bound token for a start failed");
+            return Err(Refusal::MintFailed);
+        }
+        let body = read_small(response.into_body().map_err(BoxError::from).boxed())
+            .await
+            .ok_or(Refusal::MintFailed)?;
+        let token = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["token"].as_str().map(str::to_string))
+            .ok_or(Refusal::MintFailed)?;
+        let mut value =
+            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Refusal::MintFailed)?;
+        value.set_sensitive(true);
+        Ok(value)
     }
 
     fn bound_user_id(&self, headers: &HeaderMap, name: &HeaderName) -> Result<String, Refusal> {
@@ -201,8 +259,9 @@ async fn read_small(mut body: ProxyBody) -> Option<Bytes> {
     Some(bytes.freeze())
 }
 
-/// The client's address: the first `X-Forwarded-For` hop behind a trusted
-/// ingress, else the peer.
+/// The client's address: behind a trusted ingress the last
+/// `X-Forwarded-For` entry (the one the ingress appended; earlier ones are
+/// the client's own claims), else the peer.
 fn client_address(headers: &HeaderMap, client: &ClientInfo, trust_forwarded: bool) -> String {
     trust_forwarded
         .then(|| {
@@ -210,7 +269,7 @@ fn client_address(headers: &HeaderMap, client: &ClientInfo, trust_forwarded: boo
                 .get(&X_FORWARDED_FOR)?
                 .to_str()
                 .ok()?
-                .split(',')
+                .rsplit(',')
                 .next()
         })
         .flatten()

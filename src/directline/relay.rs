@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -74,10 +75,20 @@ impl Direction {
         }
     }
 
-    fn destination_lost(self) -> Outcome {
-        match self {
-            Direction::ToUpstream => Outcome::UpstreamLost,
-            Direction::ToClient => Outcome::ClientLost,
+    /// How the destination ended, judged by the error of a send to it: a
+    /// send after that side's close handshake began is a clean end.
+    fn destination_ended(self, error: &WsError) -> Outcome {
+        let closed = matches!(
+            error,
+            WsError::AlreadyClosed
+                | WsError::ConnectionClosed
+                | WsError::Protocol(ProtocolError::SendAfterClosing)
+        );
+        match (self, closed) {
+            (Direction::ToUpstream, true) => Outcome::UpstreamClosed,
+            (Direction::ToUpstream, false) => Outcome::UpstreamLost,
+            (Direction::ToClient, true) => Outcome::ClientClosed,
+            (Direction::ToClient, false) => Outcome::ClientLost,
         }
     }
 
@@ -172,8 +183,8 @@ where
             Some(Ok(message)) => {
                 direction.count(&message, &settings.counters);
                 let message = direction.prepare(message, &settings.inspector).await;
-                if sink.send(message).await.is_err() {
-                    return direction.destination_lost();
+                if let Err(error) = sink.send(message).await {
+                    return direction.destination_ended(&error);
                 }
             }
             Some(Err(error)) => {

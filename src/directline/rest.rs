@@ -51,7 +51,10 @@ pub async fn relay(
         && ServerCredentials::applies(route, request.headers())
     {
         let trust = shared.config.listen.trust_forwarded_headers;
-        request = match credentials.apply(request, client, trust).await {
+        request = match credentials
+            .apply(route, request, client, trust, &shared.upstream)
+            .await
+        {
             Ok(request) => request,
             Err(refusal) => return refusal.into_response(),
         };
@@ -146,6 +149,9 @@ fn upstream_request(
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
+    for consumed in shared.consumed_headers() {
+        parts.headers.remove(consumed);
+    }
     if treatment.reads_body() {
         // The body is read and rewritten, so it must arrive uncompressed.
         parts.headers.remove(header::ACCEPT_ENCODING);

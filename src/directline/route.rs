@@ -21,32 +21,51 @@ pub enum Route {
 }
 
 impl Route {
-    /// Classifies a path already known to start with [`PREFIX`].
+    /// Classifies a path already known to start with [`PREFIX`]. Literal
+    /// segments match case-insensitively and a trailing slash is ignored, as
+    /// ASP.NET routing (Direct Line's) does, so no variant of a polling path
+    /// slips past the inspection.
     pub fn classify(method: &Method, path: &str) -> Route {
         let rest = path.strip_prefix(PREFIX).unwrap_or_default();
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
         let segments: Vec<&str> = rest.split('/').collect();
-        match (method, segments.as_slice()) {
+        let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+        let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+        let id = || segments.get(1).map(|id| id.to_string()).unwrap_or_default();
+        let has_id = segments.get(1).is_some_and(|id| !id.is_empty());
+        match (method, lower.as_slice()) {
             (&Method::POST, ["tokens", "generate"]) => Route::GenerateToken,
             (&Method::POST, ["conversations"]) => Route::StartConversation,
-            (&Method::GET, ["conversations", id]) if !id.is_empty() => Route::Reconnect {
-                conversation_id: id.to_string(),
+            (&Method::GET, ["conversations", _]) if has_id => Route::Reconnect {
+                conversation_id: id(),
             },
-            (&Method::GET, ["conversations", id, "activities"]) if !id.is_empty() => Route::Poll {
-                conversation_id: id.to_string(),
+            (&Method::GET, ["conversations", _, "activities"]) if has_id => Route::Poll {
+                conversation_id: id(),
             },
-            (
-                _,
-                ["conversations", id, "stream"] | ["conversations", id, "stream", "multimodal"],
-            ) if !id.is_empty() => Route::Stream {
-                conversation_id: id.to_string(),
-            },
-            (_, ["conversations", id, ..]) if !id.is_empty() => Route::Other {
-                conversation_id: Some(id.to_string()),
+            (_, ["conversations", _, "stream"] | ["conversations", _, "stream", "multimodal"])
+                if has_id =>
+            {
+                Route::Stream {
+                    conversation_id: id(),
+                }
+            }
+            (_, ["conversations", _, ..]) if has_id => Route::Other {
+                conversation_id: Some(id()),
             },
             _ => Route::Other {
                 conversation_id: None,
             },
         }
+    }
+
+    /// Whether the path has a `.` or `..` segment (also percent-encoded):
+    /// such a path could leave `/v3/directline/` at an upstream that
+    /// normalises it, so it is refused.
+    pub fn has_dot_segments(path: &str) -> bool {
+        path.split('/').any(|segment| {
+            let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+            decoded == "." || decoded == ".."
+        })
     }
 
     /// A fixed, low-cardinality name for logs.
@@ -122,6 +141,32 @@ mod tests {
                 conversation_id: "abc".into()
             }
         );
+    }
+
+    #[test]
+    fn case_and_a_trailing_slash_do_not_hide_a_poll() {
+        assert_eq!(
+            classify(Method::GET, "/v3/directline/Conversations/AbC/Activities/"),
+            Route::Poll {
+                conversation_id: "AbC".into()
+            }
+        );
+        assert_eq!(
+            classify(Method::GET, "/v3/directline/conversations/abc/"),
+            Route::Reconnect {
+                conversation_id: "abc".into()
+            }
+        );
+    }
+
+    #[test]
+    fn dot_segments_are_detected_also_encoded() {
+        assert!(Route::has_dot_segments("/v3/directline/../admin"));
+        assert!(Route::has_dot_segments("/v3/directline/%2e%2E/admin"));
+        assert!(Route::has_dot_segments("/v3/directline/./conversations"));
+        assert!(!Route::has_dot_segments(
+            "/v3/directline/conversations/a.b/activities"
+        ));
     }
 
     #[test]

@@ -137,6 +137,9 @@ fn upstream_handshake(
     parts.uri = shared.upstream.url_for(&parts.uri)?;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
+    for consumed in shared.consumed_headers() {
+        parts.headers.remove(consumed);
+    }
     // Frames must stay readable: no compression extension is negotiated.
     parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     parts

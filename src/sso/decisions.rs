@@ -92,6 +92,13 @@ impl Decisions {
         }
     }
 
+    fn forget(&self, key: &Key) {
+        let mut inner = self.lock();
+        if matches!(inner.entries.get(key), Some(Entry::Pending(_))) {
+            inner.entries.remove(key);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner
             .lock()
@@ -117,6 +124,14 @@ pub struct Lead<'a> {
 impl Lead<'_> {
     pub fn finish(mut self, success: bool) {
         self.record(success);
+    }
+
+    /// Gives the decision up without a verdict: the next asker decides.
+    /// Anyone waiting meanwhile sees a failure (the card is shown to them).
+    pub fn abandon(mut self) {
+        self.finished = true;
+        self.decisions.forget(&self.key);
+        let _ = self.sender.send(Some(false));
     }
 
     fn record(&mut self, success: bool) {
@@ -185,6 +200,16 @@ mod tests {
         };
         lead.finish(true);
         assert!(wait(receiver).await);
+    }
+
+    #[test]
+    fn an_abandoned_decision_is_decided_again_by_the_next_asker() {
+        let decisions = Decisions::new(Duration::from_secs(60), 10);
+        let Begin::Lead(lead) = decisions.begin(key("a")) else {
+            panic!("lead")
+        };
+        lead.abandon();
+        assert!(matches!(decisions.begin(key("a")), Begin::Lead(_)));
     }
 
     #[test]

@@ -183,12 +183,26 @@ impl AllowList {
     }
 
     /// `*.example.com` allows `a.example.com`, not `example.com` itself.
+    /// The token travels only over https, except to a loopback address
+    /// (local development and tests).
     pub fn permits(&self, url: &Uri) -> bool {
         let Some(host) = url.host().map(str::to_ascii_lowercase) else {
             return false;
         };
-        self.exact.contains(&host) || self.suffixes.iter().any(|s| host.ends_with(s.as_str()))
+        let secure = url.scheme_str() == Some("https") || is_loopback(&host);
+        let listed =
+            self.exact.contains(&host) || self.suffixes.iter().any(|s| host.ends_with(s.as_str()));
+        secure && listed
     }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -214,6 +228,14 @@ mod tests {
         assert!(!list.permits(&uri("https://evil-example.com/x")));
         assert!(!list.permits(&uri("https://token.botframework.com.evil.io/x")));
         assert!(!list.permits(&uri("/relative")));
+    }
+
+    #[test]
+    fn the_token_goes_over_https_only_except_to_loopback() {
+        let list = allow(&["token.botframework.com", "127.0.0.1", "localhost"]);
+        assert!(!list.permits(&uri("http://token.botframework.com/x")));
+        assert!(list.permits(&uri("http://127.0.0.1:3978/sas/x")));
+        assert!(list.permits(&uri("http://localhost/sas/x")));
     }
 
     #[test]

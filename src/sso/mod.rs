@@ -103,6 +103,11 @@ impl Sso {
         &self.sealer
     }
 
+    /// The user-request headers the provider reads.
+    pub fn header_names(&self) -> Vec<http::HeaderName> {
+        self.provider.header_names()
+    }
+
     /// Only the headers the provider reads are kept from a user's request.
     pub fn capture_headers(&self, headers: &HeaderMap) -> HeaderMap {
         let mut kept = HeaderMap::new();
@@ -142,7 +147,7 @@ impl Sso {
     /// `true` when the card may be removed.
     async fn decide(&self, access: &Access, card: &OAuthCard) -> bool {
         self.metrics.oauth_card_seen();
-        let (Some(flow), Some(card_id)) = (self.flow_for(card), card.id()) else {
+        let (Some(flow), Some(card_id)) = (self.flow_for(card, access), card.id()) else {
             tracing::debug!(conversation_id = %access.conversation_id, "OAuth card offers no enabled flow");
             return false;
         };
@@ -174,12 +179,25 @@ impl Sso {
             "sso decision"
         );
         let success = outcome == Outcome::Success;
-        lead.finish(success);
+        if outcome == Outcome::NoContext {
+            // Not a verdict on the card: a poll or another stream that has
+            // the context may still exchange it.
+            lead.abandon();
+        } else {
+            lead.finish(success);
+        }
         success
     }
 
-    fn flow_for(&self, card: &OAuthCard) -> Option<Flow> {
-        self.flows.iter().copied().find(|flow| flow.fits(card))
+    /// The first enabled flow the card offers and this stream can use: the
+    /// invoke needs the conversation token (a stream without its sealed
+    /// context falls back to token post).
+    fn flow_for(&self, card: &OAuthCard, access: &Access) -> Option<Flow> {
+        self.flows
+            .iter()
+            .copied()
+            .filter(|flow| *flow != Flow::Invoke || access.token.is_some())
+            .find(|flow| flow.fits(card))
     }
 
     async fn attempt(&self, flow: Flow, access: &Access, card: &OAuthCard) -> Outcome {
@@ -195,6 +213,10 @@ impl Sso {
         let Some(user_id) = card.user_id.as_deref() else {
             return Outcome::NoContext;
         };
+        let conversation_token = access.token.as_deref();
+        if flow == Flow::Invoke && conversation_token.is_none() {
+            return Outcome::NoContext;
+        }
         let exchange = card.exchange.as_ref();
         let request = TokenRequest {
             conversation_id: &access.conversation_id,
@@ -211,7 +233,7 @@ impl Sso {
         let result = match (flow, sas_url) {
             (Flow::TokenPost, Some(url)) => flows::token_post(&self.client, &url, &token).await,
             (Flow::Invoke, _) => {
-                let Some(conversation_token) = access.token.as_deref() else {
+                let Some(conversation_token) = conversation_token else {
                     return Outcome::NoContext;
                 };
                 let target = InvokeTarget {

@@ -12,6 +12,7 @@
 //! opens. Add the new key second, roll out, move it first, roll out, then
 //! drop the old one after the longest token lifetime (30 minutes).
 
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -78,9 +79,7 @@ impl Sealer {
             .map(|k| decode_key(k).map_err(|_| SealError::Malformed))
             .collect::<Result<_, _>>()?;
         if raw.is_empty() {
-            let mut key = [0u8; KEY_LEN];
-            rng.fill(&mut key).map_err(|_| SealError::Random)?;
-            raw.push(key);
+            raw.push(process_key(&rng)?);
         }
         let keys = raw
             .iter()
@@ -152,6 +151,18 @@ impl Sealer {
     }
 }
 
+/// One random key per process, so reloads without `seal_keys` keep opening
+/// the contexts sealed before them.
+fn process_key(rng: &SystemRandom) -> Result<[u8; KEY_LEN], SealError> {
+    static KEY: OnceLock<[u8; KEY_LEN]> = OnceLock::new();
+    if let Some(key) = KEY.get() {
+        return Ok(*key);
+    }
+    let mut key = [0u8; KEY_LEN];
+    rng.fill(&mut key).map_err(|_| SealError::Random)?;
+    Ok(*KEY.get_or_init(|| key))
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -218,6 +229,14 @@ mod tests {
         assert_eq!(sealer.open("c", &tampered), Err(SealError::Forged));
         assert_eq!(sealer.open("c", "!!!"), Err(SealError::Malformed));
         assert_eq!(sealer.open("c", ""), Err(SealError::Malformed));
+    }
+
+    #[test]
+    fn without_configured_keys_a_process_key_survives_rebuilds() {
+        let first = Sealer::new(&[], HOUR).expect("sealer");
+        let rebuilt = Sealer::new(&[], HOUR).expect("sealer");
+        let sealed = first.seal("c", &context()).expect("seal");
+        assert_eq!(rebuilt.open("c", &sealed), Ok(context()));
     }
 
     #[test]

@@ -39,6 +39,23 @@ pub fn scratch_file(name: &str, contents: &str) -> PathBuf {
     path
 }
 
+/// `url` without query parameter `name`, and its value.
+pub fn without_query_param(url: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let prefix = format!("{name}=");
+    let value = query
+        .split('&')
+        .find_map(|p| p.strip_prefix(&prefix))
+        .map(str::to_string);
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.starts_with(&prefix))
+        .collect();
+    (format!("{base}?{}", kept.join("&")), value)
+}
+
 /// A proxy config for tests: port 0, the given upstream, short timeouts.
 pub fn proxy_config(upstream: &str) -> Config {
     let mut config = Config::default();

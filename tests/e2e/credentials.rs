@@ -268,3 +268,110 @@ async fn a_missing_secret_source_is_a_clear_start_error() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn with_binding_a_start_without_credentials_uses_a_bound_token_not_the_secret() {
+    let stack = stack_holding_the_secret("start-binding", |c| {
+        c.directline.user_id_header = Some("x-forwarded-user".into());
+    })
+    .await;
+    let start = stack
+        .http
+        .send(
+            Method::POST,
+            &stack.proxy_url("/v3/directline/conversations"),
+            &[
+                ("x-forwarded-user", "erin@example.com"),
+                ("content-type", "application/json"),
+            ],
+            json!({"user": {"id": "dl_pretender"}, "locale": "en-US"}).to_string(),
+        )
+        .await;
+    assert_eq!(start.status, StatusCode::CREATED, "{}", start.text());
+    let minted = stack
+        .emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.path_and_query == "/v3/directline/tokens/generate")
+        .expect("a bound token was minted");
+    let bound: Value = serde_json::from_slice(&minted.body).expect("json");
+    let bound_id = bound["user"]["id"].as_str().expect("user id").to_string();
+    assert!(bound_id.starts_with("dl_") && bound_id != "dl_pretender");
+    let started = stack
+        .emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.path_and_query == "/v3/directline/conversations")
+        .expect("start");
+    let auth = started.headers["authorization"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(
+        !auth.contains(&stack.secret()),
+        "the start used the bound token"
+    );
+    assert!(
+        !started.headers.contains_key("x-forwarded-user"),
+        "the user header is consumed"
+    );
+
+    // Whatever the client claims, Direct Line now speaks for the bound user.
+    let token = start.json()["token"].as_str().expect("token").to_string();
+    let id = start.json()["conversationId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let url = stack.proxy_url(&format!("/v3/directline/conversations/{id}/activities"));
+    let posted = stack
+        .http
+        .post_json(
+            &url,
+            &token,
+            &json!({"type": "message", "from": {"id": "dl_pretender"}, "text": "hi"}),
+        )
+        .await;
+    assert_eq!(posted.status, StatusCode::OK);
+    let activities = stack.http.get(&url, &token).await.json();
+    let mine = activities["activities"]
+        .as_array()
+        .expect("activities")
+        .iter()
+        .find(|a| a["text"] == "hi")
+        .cloned()
+        .expect("the message");
+    assert_eq!(mine["from"]["id"], bound_id.as_str());
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn behind_a_trusted_ingress_the_rate_limit_keys_on_the_address_it_added() {
+    let stack = stack_holding_the_secret("rate-xff", |c| {
+        c.listen.trust_forwarded_headers = true;
+        c.directline.mint_rate_per_minute = 1;
+        c.directline.mint_burst = 1;
+    })
+    .await;
+    let mint = |claimed: &'static str| {
+        let url = stack.proxy_url("/v3/directline/tokens/generate");
+        let http = &stack.http;
+        async move {
+            let xff = format!("{claimed}, 203.0.113.9");
+            http.send(
+                Method::POST,
+                &url,
+                &[("x-forwarded-for", &xff)],
+                Bytes::new(),
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(mint("10.0.0.1").await, StatusCode::OK);
+    assert_eq!(
+        mint("10.0.0.2").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a different claimed address does not buy a new bucket"
+    );
+    stack.shutdown().await;
+}

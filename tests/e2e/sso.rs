@@ -793,3 +793,94 @@ async fn oauth2_invalid_grant_keeps_the_card() {
     assert_eq!(seen.iter().filter(|a| is_oauth_card(a)).count(), 1);
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_stream_without_its_sealed_context_falls_back_to_token_post() {
+    let stack = sso_stack(|c| static_provider(c, USER_TOKEN)).await;
+    let conv = stack.start_conversation().await;
+    let (without, _) = crate::common::without_query_param(&conv.stream_url, "dlpx");
+    let mut ws = ws_connect(&without).await;
+    assert_eq!(conv.say(&stack.http, "signin").await.status, StatusCode::OK);
+    assert_no_card_and_no_invoke(&activities_until(&mut ws, SIGNED_IN).await);
+    assert!(stack.emulator.invokes_received(&conv.id).is_empty());
+    assert_eq!(stack.emulator.token_posts_received().len(), 1);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_card_the_user_posts_is_never_acted_on() {
+    let stack = sso_stack(|c| static_provider(c, USER_TOKEN)).await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    let sas = format!("{}/sas/chosen-by-the-user", stack.emulator.base_url());
+    let activity = json!({
+        "type": "message",
+        "from": {"id": "dl_test-user"},
+        "attachments": [{"contentType": OAUTH_CARD, "content": {"tokenPostResource": {"sasUrl": sas}}}],
+    });
+    let reply = stack
+        .http
+        .post_json(&conv.url("/activities"), &conv.token, &activity)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let seen = activities_through(&stack, &conv, &mut ws, "after my card").await;
+    assert_eq!(
+        seen.iter().filter(|a| is_oauth_card(a)).count(),
+        1,
+        "the echo is unchanged"
+    );
+    assert!(
+        stack.emulator.token_posts_received().is_empty(),
+        "no token went anywhere"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_users_credentials_for_the_proxy_never_reach_direct_line() {
+    let stack = sso_stack(|c| {
+        c.sso.provider = "header".into();
+        c.sso.header = Some(HeaderProviderConfig {
+            name: "x-forwarded-access-token".into(),
+        });
+    })
+    .await;
+    let conv = stack.start_conversation().await;
+    let mut request = conv
+        .stream_url
+        .as_str()
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "x-forwarded-access-token",
+        USER_TOKEN.parse().expect("value"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
+    let auth = format!("Bearer {}", conv.token);
+    let polled = stack
+        .http
+        .send(
+            http::Method::GET,
+            &conv.url("/activities"),
+            &[
+                ("authorization", &auth),
+                ("x-forwarded-access-token", USER_TOKEN),
+            ],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(polled.status, StatusCode::OK);
+    assert_eq!(
+        conv.say(&stack.http, "signin exchange").await.status,
+        StatusCode::OK
+    );
+    activities_until(&mut ws, SIGNED_IN).await;
+    for request in stack.emulator.requests() {
+        assert!(
+            !request.headers.contains_key("x-forwarded-access-token"),
+            "{} carried the user's token upstream",
+            request.path_and_query
+        );
+    }
+    stack.shutdown().await;
+}

@@ -338,6 +338,16 @@ async fn paths_outside_direct_line_get_404_and_are_not_relayed() {
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
         assert_eq!(reply.json()["error"]["code"], "NotFound", "{path}");
     }
+    for path in [
+        "/v3/directline/../v3/directline/conversations",
+        "/v3/directline/%2e%2e/admin",
+    ] {
+        let reply = stack
+            .http
+            .send(Method::GET, &stack.proxy_url(path), &[], Bytes::new())
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
+    }
     assert_eq!(
         stack.emulator.requests().len(),
         before,
