@@ -79,12 +79,7 @@ pub async fn upgrade(
         strip_hop_by_hop(&mut parts.headers);
         return Response::from_parts(parts, body.map_err(BoxError::from).boxed());
     }
-    let expected_accept = derive_accept_key(client_key.as_bytes());
-    let accept_matches = upstream_response
-        .headers()
-        .get(header::SEC_WEBSOCKET_ACCEPT)
-        .is_some_and(|v| v.as_bytes() == expected_accept.as_bytes());
-    if !accept_matches {
+    if !accept_key_matches(&client_key, &upstream_response) {
         tracing::warn!("upstream answered the WebSocket handshake with a wrong accept key");
         shared.metrics.error(ErrorKind::WebsocketHandshake);
         return directline_error(
@@ -118,6 +113,16 @@ fn inspector_for(
         user_headers: sso.capture_headers(request.headers()),
     };
     Inspector::new(Some(sso), access)
+}
+
+/// The upstream's `Sec-WebSocket-Accept` answers the client's key: the
+/// client checks it too, so a mismatch would fail there anyway.
+fn accept_key_matches(client_key: &HeaderValue, upstream: &Response<Incoming>) -> bool {
+    let expected = derive_accept_key(client_key.as_bytes());
+    upstream
+        .headers()
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .is_some_and(|v| v.as_bytes() == expected.as_bytes())
 }
 
 fn bad_handshake() -> Response<ProxyBody> {

@@ -284,6 +284,20 @@ pub async fn ws_connect(url: &str) -> Ws {
     ws
 }
 
+/// Connects with one extra header on the upgrade, as an ingress or the
+/// browser (cookies) would add.
+pub async fn ws_connect_with_header(url: &str, name: &'static str, value: &str) -> Ws {
+    let mut request = url.into_client_request().expect("ws request");
+    request
+        .headers_mut()
+        .insert(name, value.parse().expect("header value"));
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("ws connects in time")
+        .expect("ws connects");
+    ws
+}
+
 /// The next message of any kind, failing the test after [`WAIT`].
 pub async fn next_message<S>(ws: &mut S) -> Message
 where

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use crate::common::endpoint::Endpoint;
 use crate::common::{
     Conversation, Stack, WAIT, activities_until, next_activity_set, next_message, quiet_emulator,
-    ws_connect,
+    ws_connect, ws_connect_with_header,
 };
 
 /// The token the emulator's bot accepts by default.
@@ -320,12 +320,9 @@ async fn http_provider_gets_the_card_context_and_only_the_configured_headers() {
         .as_str()
         .into_client_request()
         .expect("request");
-    request
-        .headers_mut()
-        .insert("cookie", "session=user-session".parse().expect("value"));
-    request
-        .headers_mut()
-        .insert("x-other", "not-forwarded".parse().expect("value"));
+    let headers = request.headers_mut();
+    headers.insert("cookie", "session=user-session".parse().expect("value"));
+    headers.insert("x-other", "not-forwarded".parse().expect("value"));
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
     assert_eq!(
         conv.say(&stack.http, "signin exchange").await.status,
@@ -626,16 +623,12 @@ async fn header_provider_takes_the_token_from_the_users_request() {
     })
     .await;
     let conv = stack.start_conversation().await;
-    let mut request = conv
-        .stream_url
-        .as_str()
-        .into_client_request()
-        .expect("request");
-    request.headers_mut().insert(
+    let mut ws = ws_connect_with_header(
+        &conv.stream_url,
         "x-forwarded-access-token",
-        format!("Bearer {USER_TOKEN}").parse().expect("value"),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
+        &format!("Bearer {USER_TOKEN}"),
+    )
+    .await;
     assert_eq!(
         conv.say(&stack.http, "signin exchange").await.status,
         StatusCode::OK
@@ -668,15 +661,8 @@ async fn oauth2_stack(grant: &str, token_endpoint: &Endpoint, secret_var: &str) 
 
 async fn sign_in_with_incoming_token(stack: &Stack, incoming: &str, signins: usize) {
     let conv = stack.start_conversation().await;
-    let mut request = conv
-        .stream_url
-        .as_str()
-        .into_client_request()
-        .expect("request");
-    request
-        .headers_mut()
-        .insert("x-forwarded-access-token", incoming.parse().expect("value"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
+    let mut ws =
+        ws_connect_with_header(&conv.stream_url, "x-forwarded-access-token", incoming).await;
     for _ in 0..signins {
         assert_eq!(
             conv.say(&stack.http, "signin exchange").await.status,
@@ -775,16 +761,8 @@ async fn oauth2_invalid_grant_keeps_the_card() {
         Endpoint::answering(StatusCode::BAD_REQUEST, r#"{"error":"invalid_grant"}"#).await;
     let stack = oauth2_stack("on_behalf_of", &endpoint, "TEST_DL_OBO_FAIL_SECRET").await;
     let conv = stack.start_conversation().await;
-    let mut request = conv
-        .stream_url
-        .as_str()
-        .into_client_request()
-        .expect("request");
-    request.headers_mut().insert(
-        "x-forwarded-access-token",
-        "expired".parse().expect("value"),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
+    let mut ws =
+        ws_connect_with_header(&conv.stream_url, "x-forwarded-access-token", "expired").await;
     assert_eq!(
         conv.say(&stack.http, "signin exchange").await.status,
         StatusCode::OK
@@ -846,16 +824,8 @@ async fn the_users_credentials_for_the_proxy_never_reach_direct_line() {
     })
     .await;
     let conv = stack.start_conversation().await;
-    let mut request = conv
-        .stream_url
-        .as_str()
-        .into_client_request()
-        .expect("request");
-    request.headers_mut().insert(
-        "x-forwarded-access-token",
-        USER_TOKEN.parse().expect("value"),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
+    let mut ws =
+        ws_connect_with_header(&conv.stream_url, "x-forwarded-access-token", USER_TOKEN).await;
     let auth = format!("Bearer {}", conv.token);
     let polled = stack
         .http
