@@ -560,7 +560,7 @@ impl Default for WebSocketConfig {
         WebSocketConfig {
             max_message_bytes: 2 * 1024 * 1024,
             max_frame_bytes: 2 * 1024 * 1024,
-            read_buffer_bytes: 2048,
+            read_buffer_bytes: 1024,
             close_timeout_ms: 5_000,
         }
     }

@@ -29,7 +29,9 @@ impl Inspector {
         let Some((sso, access)) = &self.sso else {
             return text;
         };
-        match sso.process(access, text.as_bytes()).await {
+        // Boxed: the decision's state machine is large and lives only while
+        // a frame is inspected, not in every idle stream's task.
+        match Box::pin(sso.process(access, text.as_bytes())).await {
             Some(rewritten) => String::from_utf8(rewritten)
                 .map(Utf8Bytes::from)
                 .unwrap_or(text),

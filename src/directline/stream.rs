@@ -192,35 +192,31 @@ fn spawn_relay(
     };
     let metrics = shared.metrics.clone();
     let span = tracing::Span::current();
-    shared.streams.spawn(
-        async move {
-            let (client, upstream) = match tokio::try_join!(client, upstream) {
-                Ok(pair) => pair,
-                Err(error) => {
-                    metrics.error(ErrorKind::WebsocketHandshake);
-                    tracing::warn!(%error, "WebSocket upgrade did not complete");
-                    return;
-                }
-            };
-            let client =
-                WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, Some(config))
-                    .await;
-            let upstream = WebSocketStream::from_raw_socket(
-                TokioIo::new(upstream),
-                Role::Client,
-                Some(config),
-            )
-            .await;
-            tracing::info!("stream opened");
-            let active = metrics.connection(Transport::Websocket);
-            let outcome = relay::run(client, upstream, settings).await;
-            if outcome.lost() {
-                metrics.error(ErrorKind::WebsocketLost);
+    let task = async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(error) => {
+                metrics.error(ErrorKind::WebsocketHandshake);
+                tracing::warn!(%error, "WebSocket upgrade did not complete");
+                return;
             }
-            tracing::info!(?outcome, "stream closed");
-            drop(active);
-            drop(slot);
+        };
+        let client =
+            WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, Some(config))
+                .await;
+        let upstream =
+            WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, Some(config))
+                .await;
+        tracing::info!("stream opened");
+        let active = metrics.connection(Transport::Websocket);
+        let outcome = relay::run(client, upstream, settings).await;
+        if outcome.lost() {
+            metrics.error(ErrorKind::WebsocketLost);
         }
-        .instrument(span),
-    );
+        tracing::info!(?outcome, "stream closed");
+        drop(active);
+        drop(slot);
+    }
+    .instrument(span);
+    shared.streams.spawn(task);
 }
