@@ -85,12 +85,16 @@ impl Shared {
     }
 }
 
+/// Messages are written once this much is buffered, or when the relay
+/// flushes because nothing else is waiting (see `relay::pump`).
+const WRITE_BATCH_BYTES: usize = 16 * 1024;
+
 /// Tungstenite settings from the config: small eager buffers so idle
-/// conversations stay cheap, writes flushed per message.
+/// conversations stay cheap; writes batched while messages keep coming.
 pub fn websocket_config(config: &crate::config::WebSocketConfig) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_bytes)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BATCH_BYTES)
         .max_write_buffer_size(config.max_message_bytes.saturating_mul(2))
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_frame_bytes))

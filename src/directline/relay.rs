@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -173,8 +173,9 @@ where
     S: Stream<Item = Result<Message, WsError>> + Unpin,
     K: Sink<Message, Error = WsError> + Unpin,
 {
+    let mut next = source.next().await;
     loop {
-        match source.next().await {
+        match next {
             Some(Ok(Message::Close(frame))) => {
                 let _ = sink.send(Message::Close(frame)).await;
                 drain(source).await;
@@ -183,9 +184,21 @@ where
             Some(Ok(message)) => {
                 direction.count(&message, &settings.counters);
                 let message = direction.prepare(message, &settings.inspector).await;
-                if let Err(error) = sink.send(message).await {
+                if let Err(error) = sink.feed(message).await {
                     return direction.destination_ended(&error);
                 }
+                // Flush only when no further message is already waiting, so a
+                // burst goes out in few writes and a lone message at once.
+                next = match source.next().now_or_never() {
+                    Some(item) => item,
+                    None => {
+                        if let Err(error) = sink.flush().await {
+                            return direction.destination_ended(&error);
+                        }
+                        source.next().await
+                    }
+                };
+                continue;
             }
             Some(Err(error)) => {
                 tracing::debug!(?direction, %error, "WebSocket read failed");
