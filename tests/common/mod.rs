@@ -56,6 +56,16 @@ pub fn without_query_param(url: &str, name: &str) -> (String, Option<String>) {
     (format!("{base}?{}", kept.join("&")), value)
 }
 
+/// `http://127.0.0.1:PORT` where nothing listens: connections are refused.
+pub async fn dead_address() -> String {
+    let unused = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = unused.local_addr().expect("addr");
+    drop(unused);
+    format!("http://{addr}")
+}
+
 /// A proxy config for tests: port 0, the given upstream, short timeouts.
 pub fn proxy_config(upstream: &str) -> Config {
     let mut config = Config::default();

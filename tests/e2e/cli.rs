@@ -6,6 +6,20 @@ fn proxy_command() -> Command {
     Command::new(env!("CARGO_BIN_EXE_directline-proxy"))
 }
 
+/// `directline-proxy check` on a file holding `text`, with `env` set.
+fn check(text: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let file = write_config(text);
+    let output = proxy_command()
+        .arg("check")
+        .arg("--config")
+        .arg(file.path())
+        .envs(env.iter().copied())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
+}
+
 fn write_config(text: &str) -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), text).expect("write");
@@ -28,15 +42,8 @@ fn check_accepts_the_shipped_config() {
 
 #[test]
 fn check_rejects_a_bad_value_naming_key_value_and_allowed() {
-    let file = write_config("[upstream]\nurl = \"ftp://nowhere\"\n");
-    let output = proxy_command()
-        .arg("check")
-        .arg("--config")
-        .arg(file.path())
-        .output()
-        .expect("runs");
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = check("[upstream]\nurl = \"ftp://nowhere\"\n", &[]);
+    assert_eq!(code, Some(2));
     assert!(stderr.contains("upstream.url"), "{stderr}");
     assert!(stderr.contains("ftp://nowhere"), "{stderr}");
     assert!(stderr.contains("http/https"), "{stderr}");
@@ -44,30 +51,18 @@ fn check_rejects_a_bad_value_naming_key_value_and_allowed() {
 
 #[test]
 fn check_rejects_unknown_keys() {
-    let file = write_config("[listen]\naddress = \"127.0.0.1:1\"\n");
-    let output = proxy_command()
-        .arg("check")
-        .arg("--config")
-        .arg(file.path())
-        .output()
-        .expect("runs");
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = check("[listen]\naddress = \"127.0.0.1:1\"\n", &[]);
+    assert_eq!(code, Some(2));
     assert!(stderr.contains("address"), "{stderr}");
 }
 
 #[test]
 fn environment_overrides_are_checked_too() {
-    let file = write_config("[listen]\naddr = \"127.0.0.1:8080\"\n");
-    let output = proxy_command()
-        .arg("check")
-        .arg("--config")
-        .arg(file.path())
-        .env("DLPROXY_LISTEN__ADDR", "not-an-address")
-        .output()
-        .expect("runs");
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = check(
+        "[listen]\naddr = \"127.0.0.1:8080\"\n",
+        &[("DLPROXY_LISTEN__ADDR", "not-an-address")],
+    );
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("listen.addr") && stderr.contains("not-an-address"),
         "{stderr}"

@@ -22,9 +22,7 @@ async fn proxy_in_front_of(
 
 #[tokio::test]
 async fn dead_upstream_gives_502_with_a_directline_error_body() {
-    let unused = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let dead = format!("http://{}", unused.local_addr().expect("addr"));
-    drop(unused);
+    let dead = crate::common::dead_address().await;
     let proxy = proxy_in_front_of(&dead, 5_000).await;
     let reply = Http::plain()
         .post_json(

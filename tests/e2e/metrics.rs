@@ -134,11 +134,7 @@ async fn metrics_count_connections_frames_upstream_calls_and_sso_decisions() {
 
 #[tokio::test]
 async fn upstream_failures_are_counted_by_kind() {
-    let unused = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let dead = format!("http://{}", unused.local_addr().expect("addr"));
-    drop(unused);
+    let dead = crate::common::dead_address().await;
     let proxy = directline_proxy::start(proxy_config(&dead))
         .await
         .expect("proxy");

@@ -286,11 +286,7 @@ async fn provider_answering_401_keeps_the_card() {
 
 #[tokio::test]
 async fn provider_refusing_connections_keeps_the_card() {
-    let unused = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let dead = format!("http://{}/token", unused.local_addr().expect("addr"));
-    drop(unused);
+    let dead = format!("{}/token", crate::common::dead_address().await);
     card_survives_provider(dead, 3_000).await.shutdown().await;
 }
 
