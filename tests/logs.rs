@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use http::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
 use common::{EmulatorConfig, Stack, activities_until, ws_connect};
@@ -73,15 +73,19 @@ async fn logs_of_a_full_conversation_contain_no_token_or_secret() {
             token: USER_TOKEN.into(),
         });
         c.sso.token_post_allow_hosts.push("127.0.0.1".into());
+        // The proxy also holds the secret and binds tokens to the user.
+        c.directline.secret_file = Some(common::scratch_file("logs-secret", "emulator-secret\n"));
+        c.directline.user_id_header = Some("x-forwarded-user".into());
     })
     .await;
     let secret = stack.secret();
     let generated = stack
         .http
-        .post_json(
+        .send(
+            Method::POST,
             &stack.proxy_url("/v3/directline/tokens/generate"),
-            &secret,
-            &json!({"user": {"id": "dl_logged"}}),
+            &[("x-forwarded-user", "logged@example.com")],
+            Bytes::new(),
         )
         .await
         .json();
@@ -157,6 +161,7 @@ async fn logs_of_a_full_conversation_contain_no_token_or_secret() {
     assert!(text.contains(&conv.id), "lines carry the conversation id");
     for (what, secret_value) in [
         ("secret", secret.as_str()),
+        ("authenticated user", "logged@example.com"),
         ("generated token", generated_token.as_str()),
         ("refreshed token", refreshed_token.as_str()),
         ("conversation token", conv.token.as_str()),
