@@ -54,9 +54,16 @@ pub struct ClientInfo {
 /// are replaced, so a client cannot claim another address.
 pub fn add_forwarded_headers(headers: &mut HeaderMap, client: &ClientInfo, trust_incoming: bool) {
     let ip = client.ip.to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if trust_incoming => format!("{existing}, {ip}"),
-        _ => ip,
+    // Several header lines count as one comma-separated list (RFC 9110 5.3).
+    let existing: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let forwarded_for = if trust_incoming && !existing.is_empty() {
+        format!("{}, {ip}", existing.join(", "))
+    } else {
+        ip
     };
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR, value);

@@ -37,6 +37,9 @@ pub struct Reloader {
     shared: Arc<Shared>,
     tls: Option<SharedAcceptor>,
     current: Mutex<Config>,
+    /// Held across reading and applying a file, so a SIGHUP and the watcher
+    /// never apply an older read after a newer one.
+    file_reload: Mutex<()>,
 }
 
 impl Reloader {
@@ -46,6 +49,7 @@ impl Reloader {
             shared,
             tls,
             current,
+            file_reload: Mutex::new(()),
         }
     }
 
@@ -80,6 +84,7 @@ impl Reloader {
 
     /// Reads, validates and applies the config file; logs and counts the result.
     pub fn reload_file(&self, path: &Path) -> Result<(), ReloadError> {
+        let _one_at_a_time = self.file_reload.lock().unwrap_or_else(|p| p.into_inner());
         let result = Config::load(path)
             .map_err(ReloadError::from)
             .and_then(|config| self.apply(config));
@@ -116,11 +121,18 @@ impl Reloader {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(interval) => {}
                 }
-                let now = fingerprint(&self.watched_files(&path));
+                let files = self.watched_files(&path);
+                let now = fingerprint(&files);
                 if now != seen {
+                    // Remembered before reading, so a change made while the
+                    // reload runs is seen on the next round.
+                    seen = now;
                     tracing::info!(path = %path.display(), "watched files changed");
                     let _ = self.reload_file(&path);
-                    seen = fingerprint(&self.watched_files(&path));
+                    let files_now = self.watched_files(&path);
+                    if files_now != files {
+                        seen = fingerprint(&files_now);
+                    }
                 }
             }
         });
@@ -160,6 +172,11 @@ fn warn_about_fixed_sections(current: &Config, new: &Config) {
         (
             "directline",
             format!("{:?}", current.directline) != format!("{:?}", new.directline),
+        ),
+        (
+            "sso.decision_ttl_secs/decision_capacity",
+            (current.sso.decision_ttl_secs, current.sso.decision_capacity)
+                != (new.sso.decision_ttl_secs, new.sso.decision_capacity),
         ),
     ];
     for (section, _) in changed.iter().filter(|(_, changed)| *changed) {

@@ -132,6 +132,10 @@ impl Upstream {
         &self.base
     }
 
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     /// A handle on the same connection pool, for calls to other hosts.
     pub fn client(&self) -> HttpClient {
         self.client.clone()

@@ -156,14 +156,10 @@ impl ServerCredentials {
             .unwrap_or_else(|| client_address(request.headers(), client, trust_forwarded));
         self.limiter.take(&client_key).map_err(Refusal::TooMany)?;
         let (mut parts, body) = request.into_parts();
-        let authorization = match (&user_id, route) {
-            (Some(user_id), Route::StartConversation) => self.mint_bound(upstream, user_id).await?,
-            _ => self.authorization.clone(),
-        };
-        parts.headers.insert(header::AUTHORIZATION, authorization);
-        let body = match user_id {
+        // The body is checked before anything is minted.
+        let body = match &user_id {
             Some(user_id) => {
-                let bound = bind_user(body, &user_id).await?;
+                let bound = bind_user(body, user_id).await?;
                 parts.headers.remove(header::CONTENT_LENGTH);
                 parts.headers.insert(
                     header::CONTENT_TYPE,
@@ -173,6 +169,11 @@ impl ServerCredentials {
             }
             None => body,
         };
+        let authorization = match (&user_id, route) {
+            (Some(user_id), Route::StartConversation) => self.mint_bound(upstream, user_id).await?,
+            _ => self.authorization.clone(),
+        };
+        parts.headers.insert(header::AUTHORIZATION, authorization);
         Ok(Request::from_parts(parts, body))
     }
 
@@ -199,8 +200,11 @@ impl ServerCredentials {
             tracing::warn!(status = %response.status(), "minting a bound token for a start failed");
             return Err(Refusal::MintFailed);
         }
-        let body = read_small(response.into_body().map_err(BoxError::from).boxed())
+        let body = response.into_body().map_err(BoxError::from).boxed();
+        let body = tokio::time::timeout(upstream.request_timeout(), read_small(body))
             .await
+            .ok()
+            .flatten()
             .ok_or(Refusal::MintFailed)?;
         let token = serde_json::from_slice::<Value>(&body)
             .ok()
@@ -266,7 +270,9 @@ fn client_address(headers: &HeaderMap, client: &ClientInfo, trust_forwarded: boo
     trust_forwarded
         .then(|| {
             headers
-                .get(&X_FORWARDED_FOR)?
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .next_back()?
                 .to_str()
                 .ok()?
                 .rsplit(',')

@@ -5,6 +5,8 @@
 //! before reading on: a slow reader on one side pauses reading from the
 //! other (bounded buffering) without stopping the opposite direction.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
@@ -183,7 +185,10 @@ where
             }
             Some(Ok(message)) => {
                 direction.count(&message, &settings.counters);
-                let message = direction.prepare(message, &settings.inspector).await;
+                let message = match prepare_flushing(direction, message, settings, sink).await {
+                    Ok(message) => message,
+                    Err(error) => return direction.destination_ended(&error),
+                };
                 if let Err(error) = sink.feed(message).await {
                     return direction.destination_ended(&error);
                 }
@@ -213,6 +218,28 @@ where
                     .await;
                 return direction.outcome(false);
             }
+        }
+    }
+}
+
+/// Inspects `message`; when the inspection has to wait (an SSO decision),
+/// what was fed before it is flushed first, so a batch never waits on it.
+async fn prepare_flushing<K>(
+    direction: Direction,
+    message: Message,
+    settings: &RelaySettings,
+    sink: &mut K,
+) -> Result<Message, WsError>
+where
+    K: Sink<Message, Error = WsError> + Unpin,
+{
+    let mut prepared = std::pin::pin!(direction.prepare(message, &settings.inspector));
+    let first = std::future::poll_fn(|cx| Poll::Ready(prepared.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(message) => Ok(message),
+        Poll::Pending => {
+            sink.flush().await?;
+            Ok(prepared.await)
         }
     }
 }

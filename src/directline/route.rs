@@ -27,9 +27,11 @@ impl Route {
     /// slips past the inspection.
     pub fn classify(method: &Method, path: &str) -> Route {
         let rest = path.strip_prefix(PREFIX).unwrap_or_default();
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        let segments: Vec<&str> = rest.split('/').collect();
-        let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+        let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let lower: Vec<String> = segments
+            .iter()
+            .map(|s| decode_unreserved(s).to_ascii_lowercase())
+            .collect();
         let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
         let id = || segments.get(1).map(|id| id.to_string()).unwrap_or_default();
         let has_id = segments.get(1).is_some_and(|id| !id.is_empty());
@@ -96,6 +98,33 @@ impl Route {
     }
 }
 
+/// Decodes percent-escapes of unreserved characters (RFC 3986 section 6.2.2.2:
+/// `%61` is `a`), which servers decode before routing; others stay.
+fn decode_unreserved(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = String::with_capacity(segment.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| segment.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+        match escaped {
+            Some(byte) => {
+                out.push(char::from(byte));
+                i += 3;
+            }
+            None => {
+                let ch = segment[i..].chars().next().unwrap_or_default();
+                out.push(ch);
+                i += ch.len_utf8().max(1);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +186,28 @@ mod tests {
                 conversation_id: "abc".into()
             }
         );
+    }
+
+    #[test]
+    fn encoded_letters_and_empty_segments_do_not_hide_a_poll() {
+        assert_eq!(
+            classify(
+                Method::GET,
+                "/v3/directline/%63onversations/abc/%61ctivities"
+            ),
+            Route::Poll {
+                conversation_id: "abc".into()
+            }
+        );
+        assert_eq!(
+            classify(Method::GET, "/v3/directline/conversations//abc//activities"),
+            Route::Poll {
+                conversation_id: "abc".into()
+            }
+        );
+        assert_eq!(decode_unreserved("a%2Fb%7e%C3%A9"), "a%2Fb~%C3%A9");
+        assert_eq!(decode_unreserved("%"), "%");
+        assert_eq!(decode_unreserved("é%4"), "é%4");
     }
 
     #[test]

@@ -148,7 +148,21 @@ impl Sso {
     async fn decide(&self, access: &Access, card: &OAuthCard) -> bool {
         self.metrics.oauth_card_seen();
         let (Some(flow), Some(card_id)) = (self.flow_for(card, access), card.id()) else {
-            tracing::debug!(conversation_id = %access.conversation_id, "OAuth card offers no enabled flow");
+            if self.fell_back(card, access) {
+                self.metrics.sso_decision(
+                    Flow::Invoke.as_str(),
+                    Outcome::NoContext.as_str(),
+                    Duration::ZERO,
+                );
+                tracing::info!(
+                    conversation_id = %access.conversation_id,
+                    flow = Flow::Invoke.as_str(),
+                    outcome = Outcome::NoContext.as_str(),
+                    "sso decision"
+                );
+            } else {
+                tracing::debug!(conversation_id = %access.conversation_id, "OAuth card offers no enabled flow");
+            }
             return false;
         };
         let lead = match self
@@ -179,14 +193,21 @@ impl Sso {
             "sso decision"
         );
         let success = outcome == Outcome::Success;
-        if outcome == Outcome::NoContext {
-            // Not a verdict on the card: a poll or another stream that has
-            // the context may still exchange it.
+        if !success && self.fell_back(card, access) {
+            // Token post stood in for an invoke this stream could not make:
+            // its failure is no verdict on the card, a poll or a stream with
+            // the conversation token may still exchange it.
             lead.abandon();
         } else {
             lead.finish(success);
         }
         success
+    }
+
+    /// Whether the invoke was enabled and offered but this stream lacks the
+    /// conversation token, so another flow (or none) was used instead.
+    fn fell_back(&self, card: &OAuthCard, access: &Access) -> bool {
+        access.token.is_none() && self.flows.contains(&Flow::Invoke) && Flow::Invoke.fits(card)
     }
 
     /// The first enabled flow the card offers and this stream can use: the
@@ -213,10 +234,6 @@ impl Sso {
         let Some(user_id) = card.user_id.as_deref() else {
             return Outcome::NoContext;
         };
-        let conversation_token = access.token.as_deref();
-        if flow == Flow::Invoke && conversation_token.is_none() {
-            return Outcome::NoContext;
-        }
         let exchange = card.exchange.as_ref();
         let request = TokenRequest {
             conversation_id: &access.conversation_id,
@@ -233,7 +250,7 @@ impl Sso {
         let result = match (flow, sas_url) {
             (Flow::TokenPost, Some(url)) => flows::token_post(&self.client, &url, &token).await,
             (Flow::Invoke, _) => {
-                let Some(conversation_token) = conversation_token else {
+                let Some(conversation_token) = access.token.as_deref() else {
                     return Outcome::NoContext;
                 };
                 let target = InvokeTarget {

@@ -850,3 +850,31 @@ async fn the_users_credentials_for_the_proxy_never_reach_direct_line() {
     }
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_failed_fallback_on_a_stream_leaves_the_card_for_a_poll_that_can_invoke() {
+    let stack = sso_stack(|c| {
+        static_provider(c, USER_TOKEN);
+        // Token post to the emulator is not allowed: the fallback fails.
+        c.sso.token_post_allow_hosts = vec!["token.botframework.com".into()];
+    })
+    .await;
+    let conv = stack.start_conversation().await;
+    let (without, _) = crate::common::without_query_param(&conv.stream_url, "dlpx");
+    let mut ws = ws_connect(&without).await;
+    assert_eq!(conv.say(&stack.http, "signin").await.status, StatusCode::OK);
+    let seen = activities_through(&stack, &conv, &mut ws, "card shown").await;
+    assert_eq!(
+        seen.iter().filter(|a| is_oauth_card(a)).count(),
+        1,
+        "the stream shows the card"
+    );
+    let polled = conv.poll(&stack.http, None).await.json();
+    assert_no_card_and_no_invoke(polled["activities"].as_array().expect("activities"));
+    assert_eq!(
+        stack.emulator.invokes_received(&conv.id).len(),
+        1,
+        "the poll exchanged it"
+    );
+    stack.shutdown().await;
+}
