@@ -157,19 +157,21 @@ async fn directline(
     );
     async move {
         let started = Instant::now();
-        let transport = match route {
-            Route::Poll { .. } => Some(Transport::Polling),
-            Route::Stream { .. } if stream::is_upgrade(&request) => None,
-            _ => Some(Transport::Rest),
-        };
-        let _active = transport.map(|t| shared.metrics.connection(t));
         let response = match route {
             Route::Stream {
                 ref conversation_id,
             } if stream::is_upgrade(&request) => {
+                // Counted as a WebSocket relay once the upgrade completes.
                 stream::upgrade(shared, conversation_id, request, client).await
             }
-            _ => rest::relay(shared, &route, request, client).await,
+            _ => {
+                let transport = match route {
+                    Route::Poll { .. } => Transport::Polling,
+                    _ => Transport::Rest,
+                };
+                let _active = shared.metrics.connection(transport);
+                rest::relay(shared, &route, request, client).await
+            }
         };
         tracing::info!(
             status = response.status().as_u16(),

@@ -13,6 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone)]
@@ -56,6 +57,27 @@ impl Endpoint {
         delay: Duration,
         respond: impl Fn(&Seen) -> (StatusCode, String) + Send + Sync + 'static,
     ) -> Endpoint {
+        let (_open, gate) = watch::channel(true);
+        Endpoint::start_gated(delay, gate, respond).await
+    }
+
+    /// Answers only once the returned gate is opened (`send(true)`), so a
+    /// test can look at the world while a request is held.
+    pub async fn gated(
+        respond: impl Fn(&Seen) -> (StatusCode, String) + Send + Sync + 'static,
+    ) -> (Endpoint, watch::Sender<bool>) {
+        let (open, gate) = watch::channel(false);
+        (
+            Endpoint::start_gated(Duration::ZERO, gate, respond).await,
+            open,
+        )
+    }
+
+    async fn start_gated(
+        delay: Duration,
+        gate: watch::Receiver<bool>,
+        respond: impl Fn(&Seen) -> (StatusCode, String) + Send + Sync + 'static,
+    ) -> Endpoint {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -65,10 +87,12 @@ impl Endpoint {
             while let Ok((tcp, _)) = listener.accept().await {
                 let record = record.clone();
                 let respond = respond.clone();
+                let gate = gate.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let record = record.clone();
                         let respond = respond.clone();
+                        let mut gate = gate.clone();
                         async move {
                             let (parts, body) = request.into_parts();
                             let body = body
@@ -87,6 +111,7 @@ impl Endpoint {
                             };
                             record.lock().expect("lock").push(seen.clone());
                             tokio::time::sleep(delay).await;
+                            let _ = gate.wait_for(|open| *open).await;
                             let (status, body) = respond(&seen);
                             let mut response = Response::new(Full::new(Bytes::from(body)));
                             *response.status_mut() = status;

@@ -878,3 +878,47 @@ async fn a_failed_fallback_on_a_stream_leaves_the_card_for_a_poll_that_can_invok
     );
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn messages_before_a_card_are_not_held_back_by_its_decision() {
+    let (provider, release) =
+        Endpoint::gated(|_| (StatusCode::OK, json!({"token": USER_TOKEN}).to_string())).await;
+    let stack = sso_stack(|c| {
+        http_provider(c, provider.url("/held"));
+        c.sso.timeout_ms = 60_000;
+    })
+    .await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    next_activity_set(&mut ws).await;
+    let before = "{\"activities\":[{\"type\":\"message\",\"id\":\"x|1\",\"text\":\"before the card\"}],\"watermark\":\"1\"}";
+    assert!(
+        stack
+            .emulator
+            .send_stream_message(&conv.id, Message::Text(before.into()))
+            .await
+    );
+    assert_eq!(
+        conv.say(&stack.http, "signin exchange").await.status,
+        StatusCode::OK
+    );
+    // The echo of "signin exchange" and the message above arrive while the
+    // provider still holds the card's decision.
+    assert_eq!(next_message(&mut ws).await, Message::Text(before.into()));
+    activities_until(&mut ws, "signin exchange").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while provider.seen().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the provider was never asked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        stack.emulator.invokes_received(&conv.id).is_empty(),
+        "and not decided yet"
+    );
+    release.send(true).expect("release");
+    assert_no_card_and_no_invoke(&activities_until(&mut ws, SIGNED_IN).await);
+    stack.shutdown().await;
+}
