@@ -115,6 +115,10 @@ pub struct DirectLineConfig {
     /// Token mints allowed per client per minute, and the burst above that.
     pub mint_rate_per_minute: u32,
     pub mint_burst: u32,
+    /// Without `user_id_header`, keep a client-chosen `user.id` when minting
+    /// with the server-held secret (unsafe: a client can then speak as any
+    /// user id it knows). Off: each mint gets a fresh random `dl_` id.
+    pub allow_client_user_id: bool,
 }
 
 impl Default for DirectLineConfig {
@@ -125,11 +129,17 @@ impl Default for DirectLineConfig {
             user_id_header: None,
             mint_rate_per_minute: 30,
             mint_burst: 10,
+            allow_client_user_id: false,
         }
     }
 }
 
 impl DirectLineConfig {
+    /// Whether the proxy holds the Direct Line secret.
+    pub fn holds_secret(&self) -> bool {
+        self.secret_env.is_some() || self.secret_file.is_some()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.secret_env.is_some() && self.secret_file.is_some() {
             return Err(ConfigError::invalid(
@@ -150,6 +160,13 @@ impl DirectLineConfig {
         }
         if let Some(header) = &self.user_id_header {
             validate_header_names("directline.user_id_header", std::slice::from_ref(header))?;
+            if !self.holds_secret() {
+                return Err(ConfigError::invalid(
+                    "directline.user_id_header",
+                    header,
+                    "needs directline.secret_env or directline.secret_file: bound user ids are keyed by the secret and tokens are minted with it",
+                ));
+            }
         }
         check_range(
             "directline.mint_rate_per_minute",
@@ -193,6 +210,9 @@ pub struct ListenConfig {
     /// Honour `X-Forwarded-Proto/-Host/-For` from the client (only behind a
     /// trusted ingress).
     pub trust_forwarded_headers: bool,
+    /// Exact origins (`https://www.contoso.com`) of the pages allowed to use
+    /// the proxy; a request with another `Origin` gets 403. Empty: no check.
+    pub allowed_origins: Vec<String>,
     pub max_connections: usize,
     pub header_read_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests before exiting.
@@ -304,6 +324,10 @@ pub struct OAuth2ProviderConfig {
     /// Header of the end user's request carrying their incoming token.
     #[serde(default = "default_token_header")]
     pub header: String,
+    /// The `tokenExchangeResource.uri` values the proxy exchanges for
+    /// (exact); a card naming another resource is shown unchanged.
+    #[serde(default)]
+    pub allowed_resources: Vec<String>,
 }
 
 /// Only the session cookie: `Authorization` on Direct Line calls is the
@@ -394,20 +418,10 @@ impl SsoConfig {
     }
 
     fn validate_allow_hosts(&self) -> Result<(), ConfigError> {
-        for host in &self.token_post_allow_hosts {
-            let name = host.strip_prefix("*.").unwrap_or(host);
-            let valid = !name.is_empty()
-                && !name.contains('*')
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
-            if !valid {
-                return Err(ConfigError::invalid(
-                    "sso.token_post_allow_hosts",
-                    host,
-                    "expected a host name such as \"token.botframework.com\" or \"*.example.com\"",
-                ));
-            }
+        for entry in &self.token_post_allow_hosts {
+            crate::sso::allow_list::validate_entry(entry).map_err(|allowed| {
+                ConfigError::invalid("sso.token_post_allow_hosts", entry, allowed)
+            })?;
         }
         Ok(())
     }
@@ -463,11 +477,36 @@ impl SsoConfig {
                 "client_secret_env or client_secret_file (the secret is never written in the config)",
             ));
         }
-        validate_header_names("sso.oauth2.header", std::slice::from_ref(&oauth2.header))
+        validate_header_names("sso.oauth2.header", std::slice::from_ref(&oauth2.header))?;
+        if oauth2.allowed_resources.is_empty() {
+            return Err(ConfigError::invalid(
+                "sso.oauth2.allowed_resources",
+                "[]",
+                "required: the tokenExchangeResource.uri values the proxy may exchange for, e.g. [\"api://botid-123/access_as_user\"]; a card must not choose the token's audience",
+            ));
+        }
+        if let Some(empty) = oauth2
+            .allowed_resources
+            .iter()
+            .find(|r| r.trim().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "sso.oauth2.allowed_resources",
+                empty,
+                "expected resource URIs such as \"api://botid-123/access_as_user\"",
+            ));
+        }
+        Ok(())
     }
 
     pub fn enabled(&self) -> bool {
         self.provider != "none"
+    }
+
+    /// Whether the provider reads the user's request (cookies, headers):
+    /// then a foreign page must not be able to make that request.
+    pub fn reads_user_request(&self) -> bool {
+        matches!(self.provider.as_str(), "http" | "header" | "oauth2")
     }
 
     pub fn timeout(&self) -> Duration {
@@ -535,6 +574,7 @@ impl Default for ListenConfig {
             tls_key: None,
             public_url: None,
             trust_forwarded_headers: false,
+            allowed_origins: Vec::new(),
             max_connections: 20_000,
             header_read_timeout_ms: 10_000,
             drain_timeout_ms: 10_000,
@@ -630,7 +670,46 @@ impl Config {
         self.log.validate()?;
         self.directline.validate()?;
         self.reload.validate()?;
-        self.sso.validate()
+        self.sso.validate()?;
+        if self.sso.reads_user_request() && self.listen.allowed_origins.is_empty() {
+            return Err(ConfigError::invalid(
+                "listen.allowed_origins",
+                "[]",
+                format!(
+                    "required with sso.provider = {:?}, which reads the user's request: list the exact origins of the pages that embed the chat, e.g. [\"https://www.contoso.com\"], so that no other page can spend the user's credentials",
+                    self.sso.provider
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Settings that are valid but leave a hole open; `check` prints them
+    /// and the proxy logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.sso.enabled() && self.listen.public_url.is_none() {
+            warnings.push("SSO is on and listen.public_url is not set: rewritten streamUrls are built from the request's Host header; set listen.public_url to the address clients use".to_string());
+        }
+        if self.listen.trust_forwarded_headers {
+            warnings.push("listen.trust_forwarded_headers = true: X-Forwarded-Proto/-Host/-For are believed (the entry the nearest proxy added); make sure only your ingress can reach listen.addr and that it sets these headers itself".to_string());
+        }
+        if self.sso.reads_user_request() && self.directline.user_id_header.is_none() {
+            warnings.push("the SSO provider reads the user's request but directline.user_id_header is not set: the proxy binds a conversation to a fingerprint of the provider's inputs sent with its start, when there are any; otherwise only listen.allowed_origins keeps other pages from using the user's credentials".to_string());
+        }
+        if self.directline.allow_client_user_id {
+            warnings.push("directline.allow_client_user_id = true: clients choose the user id of the tokens the proxy mints, so a client can speak as any user id it knows (unsafe)".to_string());
+        }
+        if self.sso.provider == "static" {
+            warnings.push(
+                "sso.provider = \"static\": every user gets the same token; development only"
+                    .to_string(),
+            );
+        }
+        if self.sso.enabled() && self.sso.seal_keys.is_empty() {
+            warnings.push("sso.seal_keys is empty: a per-process key is used, so a stream opened on another replica gets no invoke flow".to_string());
+        }
+        warnings
     }
 }
 
@@ -656,6 +735,15 @@ impl ListenConfig {
         }
         if let Some(url) = &self.public_url {
             parse_base_url("listen.public_url", url, PUBLIC_URL_SCHEMES)?;
+        }
+        for origin in &self.allowed_origins {
+            if crate::origin::normalize(origin).is_none() {
+                return Err(ConfigError::invalid(
+                    "listen.allowed_origins",
+                    origin,
+                    "expected an exact origin: scheme (http or https), host and optional port, without path or wildcard, e.g. \"https://www.contoso.com\"",
+                ));
+            }
         }
         check_range(
             "listen.max_connections",
@@ -1101,7 +1189,7 @@ mod tests {
         );
         assert!(err.contains("sso.http.forward_headers"), "{err}");
         let ok = parse(
-            "[sso]\nprovider = \"http\"\n[sso.http]\nurl = \"https://auth.example.com/t?x=1\"\n",
+            "[listen]\nallowed_origins = [\"https://www.contoso.com\"]\n[sso]\nprovider = \"http\"\n[sso.http]\nurl = \"https://auth.example.com/t?x=1\"\n",
         )
         .expect("valid");
         assert_eq!(
@@ -1119,10 +1207,22 @@ mod tests {
         );
         let err = error_text("[sso]\nflows = []\n");
         assert!(err.contains("sso.flows"), "{err}");
-        let err = error_text("[sso]\ntoken_post_allow_hosts = [\"https://x/\"]\n");
-        assert!(err.contains("sso.token_post_allow_hosts"), "{err}");
-        let err = error_text("[sso]\ntoken_post_allow_hosts = [\"a.*.com\"]\n");
-        assert!(err.contains("sso.token_post_allow_hosts"), "{err}");
+        for bad in [
+            "ftp://x/",
+            "a.*.com",
+            "http://token.botframework.com",
+            "x/a?b",
+        ] {
+            let err = error_text(&format!("[sso]\ntoken_post_allow_hosts = [\"{bad}\"]\n"));
+            assert!(
+                err.contains("sso.token_post_allow_hosts") && err.contains(bad),
+                "{err}"
+            );
+        }
+        let ok = parse(
+            "[sso]\ntoken_post_allow_hosts = [\"https://x/api/\", \"*.y.com:8443\", \"http://127.0.0.1:3978/sas/\"]\n",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]
@@ -1157,10 +1257,81 @@ mod tests {
             err.contains("client_secret"),
             "inline secrets are unknown keys: {err}"
         );
-        parse(&format!(
+        let err = error_text(&format!(
             "{base}grant = \"token_exchange\"\nclient_secret_file = \"/s\"\n"
+        ));
+        assert!(err.contains("sso.oauth2.allowed_resources"), "{err}");
+        parse(&format!(
+            "[listen]\nallowed_origins = [\"https://www.contoso.com\"]\n{base}grant = \"token_exchange\"\nclient_secret_file = \"/s\"\nallowed_resources = [\"api://bot/scope\"]\n"
         ))
         .expect("valid");
+    }
+
+    #[test]
+    fn a_provider_that_reads_the_users_request_needs_allowed_origins() {
+        for provider in [
+            "provider = \"http\"\n[sso.http]\nurl = \"https://auth.example.com\"\n",
+            "provider = \"header\"\n",
+            "provider = \"oauth2\"\n[sso.oauth2]\ntoken_url = \"https://l/t\"\ngrant = \"on_behalf_of\"\nclient_id = \"c\"\nclient_secret_env = \"S\"\nallowed_resources = [\"api://b\"]\n",
+        ] {
+            let err = error_text(&format!("[sso]\n{provider}"));
+            assert!(err.contains("listen.allowed_origins"), "{err}");
+            let listed = format!(
+                "[listen]\nallowed_origins = [\"https://www.contoso.com\"]\n[sso]\n{provider}"
+            );
+            assert!(parse(&listed).is_ok(), "{listed}");
+        }
+        let text = "[sso]\nprovider = \"static\"\n[sso.static]\ntoken = \"t\"\n";
+        assert!(parse(text).is_ok(), "static reads nothing of the user's");
+    }
+
+    #[test]
+    fn allowed_origins_must_be_exact_origins() {
+        for bad in [
+            "*",
+            "https://*.contoso.com",
+            "https://www.contoso.com/chat",
+            "null",
+            "www.contoso.com",
+        ] {
+            let err = error_text(&format!("[listen]\nallowed_origins = [\"{bad}\"]\n"));
+            assert!(
+                err.contains("listen.allowed_origins") && err.contains(bad),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn user_binding_needs_the_secret() {
+        let err = error_text("[directline]\nuser_id_header = \"x-forwarded-user\"\n");
+        assert!(
+            err.contains("directline.user_id_header") && err.contains("secret"),
+            "{err}"
+        );
+        let ok =
+            parse("[directline]\nuser_id_header = \"x-forwarded-user\"\nsecret_env = \"DL\"\n");
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn warnings_name_the_settings_that_leave_a_hole() {
+        let quiet = parse("").expect("defaults");
+        assert!(quiet.warnings().is_empty(), "{:?}", quiet.warnings());
+        let loud = parse(
+            "[listen]\ntrust_forwarded_headers = true\nallowed_origins = [\"https://a.example\"]\n[directline]\nallow_client_user_id = true\n[sso]\nprovider = \"header\"\n",
+        )
+        .expect("valid");
+        let all = loud.warnings().join("\n");
+        for key in [
+            "listen.public_url",
+            "listen.trust_forwarded_headers",
+            "directline.user_id_header",
+            "directline.allow_client_user_id",
+            "sso.seal_keys",
+        ] {
+            assert!(all.contains(key), "{key} missing from {all}");
+        }
     }
 
     #[test]

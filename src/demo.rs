@@ -32,8 +32,9 @@ pub fn config(listen: SocketAddr, emulator: &Emulator, sso: bool) -> Config {
         config.sso.static_token = Some(StaticProviderConfig {
             token: DEMO_USER_TOKEN.into(),
         });
-        let emulator_host = emulator.addr().ip().to_string();
-        config.sso.token_post_allow_hosts.push(emulator_host);
+        // The emulator's bot serves its token-post endpoint over plain http.
+        let sas = format!("{}/sas/", emulator.base_url());
+        config.sso.token_post_allow_hosts.push(sas);
     }
     config
 }

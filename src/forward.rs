@@ -21,6 +21,22 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The entry of an `X-Forwarded-*` header that the nearest proxy (the
+/// trusted ingress) appended: the last entry of the last line. Earlier
+/// entries are whatever the client claimed.
+pub fn nearest_forwarded<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .next_back()?
+        .to_str()
+        .ok()?
+        .rsplit(',')
+        .next()
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+}
+
 /// Removes hop-by-hop headers, including any the `Connection` header names,
 /// and `Upgrade` (re-added explicitly by the WebSocket relay).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -114,6 +130,29 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["authorization", "content-type"]);
+    }
+
+    #[test]
+    fn the_nearest_forwarded_entry_is_the_last_one_appended() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            X_FORWARDED_HOST,
+            HeaderValue::from_static("evil.example, chat.example.com"),
+        );
+        assert_eq!(
+            nearest_forwarded(&headers, &X_FORWARDED_HOST),
+            Some("chat.example.com")
+        );
+        headers.append(
+            X_FORWARDED_HOST,
+            HeaderValue::from_static(" ingress.example "),
+        );
+        assert_eq!(
+            nearest_forwarded(&headers, &X_FORWARDED_HOST),
+            Some("ingress.example")
+        );
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4,"));
+        assert_eq!(nearest_forwarded(&headers, &X_FORWARDED_FOR), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod emulator;
 pub mod forward;
 pub mod logging;
 pub mod metrics;
+pub mod origin;
 pub mod proxy;
 pub mod reload;
 pub mod server;
@@ -147,6 +148,10 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         .public_base()?
         .as_ref()
         .and_then(PublicBase::from_config);
+    let config_origins = config.listen.allowed_origins.clone();
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let tcp = TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
@@ -167,6 +172,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         streams: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         ready: AtomicBool::new(true),
+        origins: RwLock::new(Arc::new(origin::OriginPolicy::new(&config_origins))),
     });
     let stop = CancellationToken::new();
     let tls = tls.map(|acceptor| Arc::new(RwLock::new(acceptor)));

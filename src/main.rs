@@ -87,7 +87,10 @@ fn report<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
 
 fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
-        Ok(_) => {
+        Ok(config) => {
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!("{}: valid", path.display());
             ExitCode::SUCCESS
         }

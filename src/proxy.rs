@@ -17,12 +17,13 @@ use crate::body::{ProxyBody, directline_error, full, text_response};
 use crate::config::Config;
 use crate::directline::credentials::ServerCredentials;
 use crate::directline::route::{PREFIX, Route};
-use crate::directline::stream_url::PublicBase;
+use crate::directline::stream_url::{self, PublicBase};
 use crate::directline::{rest, stream};
 use crate::forward::ClientInfo;
 use crate::metrics::{Metrics, Transport};
-use crate::sso::Sso;
+use crate::origin::{OriginCheck, OriginPolicy};
 use crate::sso::decisions::Decisions;
+use crate::sso::{Requester, Sso, seal};
 use crate::upstream::Upstream;
 
 pub struct Shared {
@@ -47,6 +48,9 @@ pub struct Shared {
     pub connection_slots: Arc<Semaphore>,
     /// False once draining has begun, so `/readyz` takes the replica out.
     pub ready: AtomicBool,
+    /// `listen.allowed_origins`; swapped by a reload with `[sso]`, since a
+    /// provider that reads the user's request must never run without it.
+    pub origins: RwLock<Arc<OriginPolicy>>,
 }
 
 impl Shared {
@@ -65,6 +69,24 @@ impl Shared {
 
     pub fn sso(&self) -> Option<Arc<Sso>> {
         self.sso.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn origins(&self) -> Arc<OriginPolicy> {
+        self.origins
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Who sent a request, as far as the proxy knows its users: the bound
+    /// id of `directline.user_id_header`'s value when binding is on.
+    pub fn requester(&self, headers: &HeaderMap) -> Requester {
+        match &self.credentials {
+            Some(credentials) if credentials.user_id_header().is_some() => {
+                Requester::Bound(credentials.user_id_of(headers))
+            }
+            _ => Requester::Anonymous,
+        }
     }
 
     /// Where clients reach this proxy, for rewritten `streamUrl`s.
@@ -105,24 +127,88 @@ pub async fn handle(
     request: Request<Incoming>,
     client: ClientInfo,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let origins = shared.origins();
+    let origin = origins.check(request.headers());
+    if origin == OriginCheck::Refused {
+        return Ok(directline_error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "This origin is not allowed to use the proxy.",
+        ));
+    }
+    if !host_is_valid(&request) {
+        return Ok(directline_error(
+            StatusCode::BAD_REQUEST,
+            "BadArgument",
+            "The Host header is not a valid host.",
+        ));
+    }
+    let mut response = route(&shared, request, &client).await;
+    origins.restrict_cors(&origin, response.headers_mut());
+    Ok(response)
+}
+
+/// One `Host` (or h2 `:authority`), a bare `host[:port]`: userinfo or bad
+/// syntax would end up in rewritten `streamUrl`s.
+fn host_is_valid<B>(request: &Request<B>) -> bool {
+    let mut hosts = request.headers().get_all(http::header::HOST).iter();
+    let host_ok = match (hosts.next(), hosts.next()) {
+        (None, _) => true,
+        (Some(host), None) => host
+            .to_str()
+            .ok()
+            .and_then(stream_url::host_authority)
+            .is_some(),
+        (Some(_), Some(_)) => false,
+    };
+    let authority_ok = request
+        .uri()
+        .authority()
+        .is_none_or(|a| !a.as_str().contains('@'));
+    host_ok && authority_ok
+}
+
+async fn route(
+    shared: &Arc<Shared>,
+    request: Request<Incoming>,
+    client: &ClientInfo,
+) -> Response<ProxyBody> {
     let path = request.uri().path();
-    let response = match (request.method(), path) {
+    match (request.method(), path) {
         (&Method::GET, "/healthz") => text_response(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => readiness(&shared),
-        (&Method::GET, "/metrics") if shared.config.metrics.enabled => metrics(&shared),
+        (&Method::GET, "/readyz") => readiness(shared),
+        (&Method::GET, "/metrics") if shared.config.metrics.enabled => metrics(shared),
         (_, p) if p.starts_with(PREFIX) && Route::has_dot_segments(p) => directline_error(
             StatusCode::BAD_REQUEST,
             "BadArgument",
             "Dot segments are not allowed in the path.",
         ),
-        (_, p) if p.starts_with(PREFIX) => directline(&shared, request, &client).await,
+        (_, p) if p.starts_with(PREFIX) => directline(shared, request, client).await,
         _ => directline_error(
             StatusCode::NOT_FOUND,
             "NotFound",
             "Only Direct Line 3.0 paths are served here.",
         ),
-    };
-    Ok(response)
+    }
+}
+
+/// Takes every `dlpx` parameter out of the request, whatever the route,
+/// method, version or SSO setting: the sealed context is the proxy's and
+/// never reaches Direct Line. Only a single one is a stream's context.
+fn take_sealed_context<B>(request: &mut Request<B>) -> Option<String> {
+    let (stripped, mut values) = stream_url::take_query_params(request.uri(), seal::PARAM);
+    if values.is_empty() {
+        return None;
+    }
+    *request.uri_mut() = stripped;
+    if values.len() > 1 {
+        tracing::warn!(
+            count = values.len(),
+            "several sealed contexts in one request: none is used"
+        );
+        return None;
+    }
+    values.pop()
 }
 
 fn metrics(shared: &Shared) -> Response<ProxyBody> {
@@ -144,9 +230,10 @@ fn readiness(shared: &Shared) -> Response<ProxyBody> {
 
 async fn directline(
     shared: &Shared,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     client: &ClientInfo,
 ) -> Response<ProxyBody> {
+    let sealed = take_sealed_context(&mut request);
     let route = Route::classify(request.method(), request.uri().path());
     // The query is never logged: it can carry the stream token `t=`.
     let span = tracing::info_span!(
@@ -162,7 +249,7 @@ async fn directline(
                 ref conversation_id,
             } if stream::is_upgrade(&request) => {
                 // Counted as a WebSocket relay once the upgrade completes.
-                stream::upgrade(shared, conversation_id, request, client).await
+                stream::upgrade(shared, conversation_id, sealed.as_deref(), request, client).await
             }
             _ => {
                 let transport = match route {

@@ -77,7 +77,18 @@ impl Reloader {
         if let (Some(slot), Some(acceptor)) = (&self.tls, acceptor) {
             *slot.write().unwrap_or_else(|p| p.into_inner()) = acceptor;
         }
+        let origins = Arc::new(crate::origin::OriginPolicy::new(
+            &new.listen.allowed_origins,
+        ));
+        *self
+            .shared
+            .origins
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = origins;
         *self.shared.sso.write().unwrap_or_else(|p| p.into_inner()) = sso;
+        for warning in new.warnings() {
+            tracing::warn!("{warning}");
+        }
         *current = new;
         Ok(())
     }
@@ -145,6 +156,7 @@ fn warn_about_fixed_sections(current: &Config, new: &Config) {
         let mut listen = c.listen.clone();
         listen.tls_cert = None;
         listen.tls_key = None;
+        listen.allowed_origins = Vec::new();
         format!("{listen:?}")
     };
     let changed = [

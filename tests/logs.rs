@@ -72,7 +72,8 @@ async fn logs_of_a_full_conversation_contain_no_token_or_secret() {
         c.sso.static_token = Some(StaticProviderConfig {
             token: USER_TOKEN.into(),
         });
-        c.sso.token_post_allow_hosts.push("127.0.0.1".into());
+        let sas = format!("{}/sas/", c.upstream.url);
+        c.sso.token_post_allow_hosts.push(sas);
         // The proxy also holds the secret and binds tokens to the user.
         c.directline.secret_file = Some(common::scratch_file("logs-secret", "emulator-secret\n"));
         c.directline.user_id_header = Some("x-forwarded-user".into());

@@ -6,8 +6,10 @@
 //! and no other route ever carries it. With `user_id_header`, the token is
 //! bound to the user the ingress authenticated: `user.id` becomes
 //! `dl_` + an HMAC of the header value (stable across replicas, not
-//! reversible), whatever the client asked for. Minting is rate limited per
-//! client.
+//! reversible), whatever the client asked for. Without it, each minted
+//! token gets a fresh random `dl_` id (unless `allow_client_user_id`), so a
+//! client never speaks as a user id of its choosing. Minting is rate limited
+//! per client.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,7 +25,7 @@ use thiserror::Error;
 use super::route::Route;
 use crate::body::{BoxError, ProxyBody, directline_error, full, json_response};
 use crate::config::DirectLineConfig;
-use crate::forward::{ClientInfo, X_FORWARDED_FOR};
+use crate::forward::{ClientInfo, X_FORWARDED_FOR, nearest_forwarded};
 use crate::sso::providers::bearer_value;
 use crate::upstream::Upstream;
 
@@ -77,6 +79,7 @@ impl Refusal {
 pub struct ServerCredentials {
     authorization: HeaderValue,
     user_id_header: Option<HeaderName>,
+    allow_client_user_id: bool,
     user_key: hmac::Key,
     limiter: RateLimiter,
 }
@@ -109,6 +112,7 @@ impl ServerCredentials {
                 .user_id_header
                 .as_deref()
                 .and_then(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
+            allow_client_user_id: config.allow_client_user_id,
             // Keyed by the secret: the same on every replica, and unknown
             // to clients, so user ids cannot be precomputed or reversed.
             user_key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
@@ -132,13 +136,21 @@ impl ServerCredentials {
         self.user_id_header.as_ref()
     }
 
-    /// Puts the secret (and the bound user id) on the request, or answers
-    /// the client directly (401 without the user header, 429 over the rate).
+    /// The bound id of the user a request comes from: `None` when binding
+    /// is off or the request lacks the header.
+    pub fn user_id_of(&self, headers: &HeaderMap) -> Option<String> {
+        let name = self.user_id_header.as_ref()?;
+        self.bound_user_id(headers, name).ok()
+    }
+
+    /// Puts the secret (and the user id) on the request, or answers the
+    /// client directly (401 without the user header, 429 over the rate).
     ///
-    /// With binding on, a start without credentials is started with a
-    /// freshly minted bound token instead of the secret: Direct Line binds
-    /// `user.id` only when minting, so a secret start would let the client
-    /// speak as anyone.
+    /// The user id is the bound one with binding on; otherwise a fresh
+    /// random one, unless `allow_client_user_id`. A start without
+    /// credentials is started with a token minted for that id instead of
+    /// the secret: Direct Line binds `user.id` only when minting, so a
+    /// secret start would let the client speak as anyone.
     pub async fn apply(
         &self,
         route: &Route,
@@ -147,14 +159,19 @@ impl ServerCredentials {
         trust_forwarded: bool,
         upstream: &Upstream,
     ) -> Result<Request<ProxyBody>, Refusal> {
-        let user_id = match &self.user_id_header {
+        let bound = match &self.user_id_header {
             Some(name) => Some(self.bound_user_id(request.headers(), name)?),
             None => None,
         };
-        let client_key = user_id
+        let client_key = bound
             .clone()
             .unwrap_or_else(|| client_address(request.headers(), client, trust_forwarded));
         self.limiter.take(&client_key).map_err(Refusal::TooMany)?;
+        let user_id = match bound {
+            Some(bound) => Some(bound),
+            None if self.allow_client_user_id => None,
+            None => Some(random_user_id().ok_or(Refusal::MintFailed)?),
+        };
         let (mut parts, body) = request.into_parts();
         // The body is checked before anything is minted.
         let body = match &user_id {
@@ -223,12 +240,19 @@ impl ServerCredentials {
             .and_then(bearer_value)
             .ok_or(Refusal::NoUser)?;
         let tag = hmac::sign(&self.user_key, user.as_bytes());
-        let hex: String = tag.as_ref()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok(format!("dl_{hex}"))
+        Ok(format!("dl_{}", hex(&tag.as_ref()[..16])))
     }
+}
+
+/// `dl_` and 32 random hex digits: a user id no client chose.
+fn random_user_id() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(format!("dl_{}", hex(&bytes)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The client's JSON body with `user.id` replaced; other fields are kept.
@@ -268,19 +292,9 @@ async fn read_small(mut body: ProxyBody) -> Option<Bytes> {
 /// the client's own claims), else the peer.
 fn client_address(headers: &HeaderMap, client: &ClientInfo, trust_forwarded: bool) -> String {
     trust_forwarded
-        .then(|| {
-            headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .next_back()?
-                .to_str()
-                .ok()?
-                .rsplit(',')
-                .next()
-        })
+        .then(|| nearest_forwarded(headers, &X_FORWARDED_FOR))
         .flatten()
-        .map(|ip| ip.trim().to_string())
-        .filter(|ip| !ip.is_empty())
+        .map(str::to_string)
         .unwrap_or_else(|| client.ip.to_string())
 }
 
@@ -375,6 +389,13 @@ mod tests {
         assert_eq!(empty, json!({"user": {"id": "dl_b"}}));
         assert!(bind_user(full("[1]"), "dl_b").await.is_err());
         assert!(bind_user(full("{not json"), "dl_b").await.is_err());
+    }
+
+    #[test]
+    fn random_user_ids_are_direct_line_ids_and_differ() {
+        let a = random_user_id().expect("randomness");
+        assert!(a.starts_with("dl_") && a.len() == 35, "{a}");
+        assert_ne!(Some(a), random_user_id());
     }
 
     #[test]

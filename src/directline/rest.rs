@@ -17,15 +17,22 @@ use crate::body::{BoxError, ProxyBody, directline_error, full, limited};
 use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::ErrorKind;
 use crate::proxy::Shared;
-use crate::sso::providers::bearer_value;
-use crate::sso::{Access, Sso, seal};
+use crate::sso::{Access, Requester, Sso, seal};
 use crate::upstream::UpstreamError;
 
 /// What happens to the upstream's answer.
 enum Treatment {
     Pass,
-    RewriteStreamUrl(PublicBase),
+    RewriteStreamUrl(PublicBase, Option<Sealing>),
     InspectPoll(Arc<Sso>, Access),
+}
+
+/// With SSO on, what a rewritten `streamUrl` carries sealed: taken from the
+/// start or reconnect request before its headers are consumed.
+struct Sealing {
+    sso: Arc<Sso>,
+    requester: Requester,
+    inputs: HeaderMap,
 }
 
 impl Treatment {
@@ -81,7 +88,9 @@ pub async fn relay(
         Err(response) => return response,
     };
     let rewritten = match &treatment {
-        Treatment::RewriteStreamUrl(public) => rewrite_stream_url(shared, &bytes, public),
+        Treatment::RewriteStreamUrl(public, sealing) => {
+            rewrite_stream_url(shared, &bytes, public, sealing.as_ref())
+        }
         Treatment::InspectPoll(sso, access) => sso.process(access, &bytes).await,
         Treatment::Pass => None,
     };
@@ -96,26 +105,22 @@ pub async fn relay(
 }
 
 fn treatment<B>(shared: &Shared, route: &Route, request: &Request<B>) -> Treatment {
+    let headers = request.headers();
     match (route, shared.sso()) {
-        (Route::StartConversation | Route::Reconnect { .. }, _) => shared
-            .public_base(request.uri(), request.headers())
-            .map_or(Treatment::Pass, Treatment::RewriteStreamUrl),
-        (Route::Poll { conversation_id }, Some(sso)) => {
-            let token = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(bearer_value)
-                .map(str::to_string);
-            let user_headers = sso.capture_headers(request.headers());
-            Treatment::InspectPoll(
+        (Route::StartConversation | Route::Reconnect { .. }, sso) => {
+            let Some(public) = shared.public_base(request.uri(), headers) else {
+                return Treatment::Pass;
+            };
+            let sealing = sso.map(|sso| Sealing {
+                requester: shared.requester(headers),
+                inputs: sso.capture_headers(headers),
                 sso,
-                Access {
-                    conversation_id: conversation_id.clone(),
-                    token,
-                    user_headers,
-                },
-            )
+            });
+            Treatment::RewriteStreamUrl(public, sealing)
+        }
+        (Route::Poll { conversation_id }, Some(sso)) => {
+            let access = sso.poll_access(conversation_id, headers, shared.requester(headers));
+            Treatment::InspectPoll(sso, access)
         }
         _ => Treatment::Pass,
     }
@@ -181,13 +186,19 @@ async fn read_whole(shared: &Shared, body: Incoming) -> Result<Bytes, Response<P
 }
 
 /// `streamUrl` pointed at the proxy; with SSO on it also carries the sealed
-/// conversation token the stream relay needs for the invoke flow.
-fn rewrite_stream_url(shared: &Shared, bytes: &[u8], public: &PublicBase) -> Option<Vec<u8>> {
-    let sealed = shared.sso().and_then(|sso| {
+/// conversation token the stream relay needs for the invoke flow, and the
+/// conversation's owner.
+fn rewrite_stream_url(
+    shared: &Shared,
+    bytes: &[u8],
+    public: &PublicBase,
+    sealing: Option<&Sealing>,
+) -> Option<Vec<u8>> {
+    let sealed = sealing.and_then(|sealing| {
         let (conversation_id, token) = stream_url::conversation_and_token(bytes)?;
-        let context = seal::StreamContext { token };
-        sso.sealer()
-            .seal(&conversation_id, &context)
+        sealing
+            .sso
+            .seal_stream_context(&conversation_id, token, &sealing.requester, &sealing.inputs)
             .inspect_err(|error| tracing::warn!(%error, "stream context not sealed"))
             .ok()
     });

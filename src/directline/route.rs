@@ -33,7 +33,12 @@ impl Route {
             .map(|s| decode_unreserved(s).to_ascii_lowercase())
             .collect();
         let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
-        let id = || segments.get(1).map(|id| id.to_string()).unwrap_or_default();
+        let id = || {
+            segments
+                .get(1)
+                .map(|id| canonical_id(id))
+                .unwrap_or_default()
+        };
         let has_id = segments.get(1).is_some_and(|id| !id.is_empty());
         match (method, lower.as_slice()) {
             (&Method::POST, ["tokens", "generate"]) => Route::GenerateToken,
@@ -96,6 +101,15 @@ impl Route {
     pub fn returns_stream_url(&self) -> bool {
         matches!(self, Route::StartConversation | Route::Reconnect { .. })
     }
+}
+
+/// A conversation id as Direct Line identifies it: percent-decoded, so
+/// `%4Dx` and `Mx` are one conversation (for exchange once and for the
+/// sealed context). An escape that does not decode to UTF-8 stays as it is.
+fn canonical_id(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_or_else(|_| segment.to_string(), |id| id.into_owned())
 }
 
 /// Decodes percent-escapes of unreserved characters (RFC 3986 section 6.2.2.2:
@@ -206,6 +220,17 @@ mod tests {
             }
         );
         assert_eq!(decode_unreserved("a%2Fb%7e%C3%A9"), "a%2Fb~%C3%A9");
+        assert_eq!(
+            classify(
+                Method::GET,
+                "/v3/directline/conversations/%4Dx%7C1/activities"
+            ),
+            Route::Poll {
+                conversation_id: "Mx|1".into()
+            },
+            "the id is canonical, as Direct Line decodes it"
+        );
+        assert_eq!(canonical_id("a%FFb"), "a%FFb");
         assert_eq!(decode_unreserved("%"), "%");
         assert_eq!(decode_unreserved("é%4"), "é%4");
     }

@@ -18,12 +18,11 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::Instrument;
 
 use super::inspect::Inspector;
-use super::{relay, stream_url};
+use super::relay;
 use crate::body::{BoxError, ProxyBody, directline_error, empty};
 use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::{ErrorKind, Transport};
 use crate::proxy::Shared;
-use crate::sso::{Access, seal};
 use crate::upstream::UpstreamError;
 
 /// Whether the request asks for a WebSocket upgrade (RFC 6455 section 4.2.1).
@@ -43,13 +42,15 @@ pub fn is_upgrade(request: &Request<Incoming>) -> bool {
 
 /// Forwards the handshake; on the upstream's 101 answers the client with 101
 /// and spawns the relay, otherwise passes the upstream's answer through.
+/// `sealed` is the stream's `dlpx` value, already taken out of the URI.
 pub async fn upgrade(
     shared: &Shared,
     conversation_id: &str,
+    sealed: Option<&str>,
     mut request: Request<Incoming>,
     client: &ClientInfo,
 ) -> Response<ProxyBody> {
-    let inspector = inspector_for(shared, conversation_id, &mut request);
+    let inspector = inspector_for(shared, conversation_id, sealed, &request);
     let Some(client_key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return bad_handshake();
     };
@@ -94,24 +95,19 @@ pub async fn upgrade(
     response
 }
 
-/// With SSO on: takes the sealed context out of the query (the upstream
-/// never sees it) and keeps what the stream needs to act for the user.
+/// With SSO on: what the stream needs to act for its user, from the sealed
+/// context and the handshake's headers.
 fn inspector_for(
     shared: &Shared,
     conversation_id: &str,
-    request: &mut Request<Incoming>,
+    sealed: Option<&str>,
+    request: &Request<Incoming>,
 ) -> Inspector {
     let Some(sso) = shared.sso() else {
         return Inspector::default();
     };
-    let (stripped, sealed) = stream_url::take_query_param(request.uri(), seal::PARAM);
-    *request.uri_mut() = stripped;
-    let token = sealed.and_then(|sealed| sso.open_stream_context(conversation_id, &sealed));
-    let access = Access {
-        conversation_id: conversation_id.to_string(),
-        token,
-        user_headers: sso.capture_headers(request.headers()),
-    };
+    let requester = shared.requester(request.headers());
+    let access = sso.stream_access(conversation_id, sealed, request.headers(), requester);
     Inspector::new(Some(sso), access)
 }
 

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use thiserror::Error;
 
-use crate::forward::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use crate::forward::{X_FORWARDED_HOST, X_FORWARDED_PROTO, nearest_forwarded};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RewriteError {
@@ -50,9 +50,8 @@ impl PublicBase {
     ) -> Option<PublicBase> {
         let forwarded = |name: &http::HeaderName| {
             trust_forwarded
-                .then(|| headers.get(name)?.to_str().ok()?.split(',').next())
+                .then(|| nearest_forwarded(headers, name))
                 .flatten()
-                .map(str::trim)
         };
         let (proto_name, host_name) = (X_FORWARDED_PROTO, X_FORWARDED_HOST);
         let scheme = match forwarded(&proto_name) {
@@ -65,7 +64,7 @@ impl PublicBase {
             .or_else(|| uri.authority().map(Authority::as_str))?;
         Some(PublicBase {
             scheme,
-            authority: host.parse().ok()?,
+            authority: host_authority(host)?,
             path_prefix: String::new(),
         })
     }
@@ -99,6 +98,13 @@ impl PublicBase {
     }
 }
 
+/// A `Host` value as a bare authority: userinfo (`user@evil.example`) is
+/// never an address clients should be sent to.
+pub fn host_authority(host: &str) -> Option<Authority> {
+    let authority: Authority = host.parse().ok()?;
+    (!authority.as_str().contains('@') && !authority.host().is_empty()).then_some(authority)
+}
+
 fn ws_scheme(scheme: &str) -> Option<&'static str> {
     match scheme {
         "http" | "ws" => Some("ws"),
@@ -126,26 +132,32 @@ pub fn conversation_and_token(body: &[u8]) -> Option<(String, String)> {
     Some((fields.conversation_id?, fields.token?))
 }
 
-/// Removes query parameter `name` from `uri`, keeping every other byte of
-/// the query; returns its (undecoded) value.
-pub fn take_query_param(uri: &Uri, name: &str) -> (Uri, Option<String>) {
+/// Removes every query parameter called `name` from `uri` (however its
+/// name is spelled: percent-escaped or in another case, as servers decode
+/// it), keeping every other byte of the query; returns their (undecoded)
+/// values, in order. A query that cannot be rebuilt is dropped whole, so
+/// the parameter never survives.
+pub fn take_query_params(uri: &Uri, name: &str) -> (Uri, Vec<String>) {
     let Some(query) = uri.query() else {
-        return (uri.clone(), None);
+        return (uri.clone(), Vec::new());
     };
-    let prefix = format!("{name}=");
-    let mut value = None;
+    let mut values = Vec::new();
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|pair| match pair.strip_prefix(&prefix) {
-            Some(v) if value.is_none() => {
-                value = Some(v.to_string());
-                false
+        .filter(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decoded = percent_encoding::percent_decode_str(&key.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned();
+            let matches = decoded.trim().eq_ignore_ascii_case(name);
+            if matches {
+                values.push(value.to_string());
             }
-            _ => true,
+            !matches
         })
         .collect();
-    if value.is_none() {
-        return (uri.clone(), None);
+    if values.is_empty() {
+        return (uri.clone(), values);
     }
     let path_and_query = if kept.is_empty() {
         uri.path().to_string()
@@ -153,11 +165,12 @@ pub fn take_query_param(uri: &Uri, name: &str) -> (Uri, Option<String>) {
         format!("{}?{}", uri.path(), kept.join("&"))
     };
     let mut parts = uri.clone().into_parts();
-    parts.path_and_query = path_and_query.parse().ok();
-    match Uri::from_parts(parts) {
-        Ok(stripped) => (stripped, value),
-        Err(_) => (uri.clone(), None),
-    }
+    parts.path_and_query = path_and_query
+        .parse()
+        .ok()
+        .or_else(|| uri.path().parse().ok());
+    let stripped = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+    (stripped, values)
 }
 
 /// Returns the body with `streamUrl` pointing at `public` (plus the query
@@ -262,16 +275,57 @@ mod tests {
         let uri: Uri = "/v3/directline/conversations/c/stream?watermark=-&dlpx=SEALED&t=a%20b"
             .parse()
             .expect("uri");
-        let (stripped, value) = take_query_param(&uri, "dlpx");
-        assert_eq!(value.as_deref(), Some("SEALED"));
+        let (stripped, values) = take_query_params(&uri, "dlpx");
+        assert_eq!(values, vec!["SEALED".to_string()]);
         assert_eq!(
             stripped,
             "/v3/directline/conversations/c/stream?watermark=-&t=a%20b"
         );
         let only: Uri = "/s?dlpx=x".parse().expect("uri");
-        assert_eq!(take_query_param(&only, "dlpx").0, "/s");
+        assert_eq!(take_query_params(&only, "dlpx").0, "/s");
         let none: Uri = "/s?t=1".parse().expect("uri");
-        assert_eq!(take_query_param(&none, "dlpx"), (none.clone(), None));
+        assert_eq!(take_query_params(&none, "dlpx"), (none.clone(), Vec::new()));
+    }
+
+    #[test]
+    fn every_spelling_and_repetition_of_the_parameter_is_taken_out() {
+        let uri: Uri = "/s?dlpx=a&t=1&DLPX=b&%64lpx=c&dlpx&d%6Cpx=e&dlpxx=keep"
+            .parse()
+            .expect("uri");
+        let (stripped, values) = take_query_params(&uri, "dlpx");
+        assert_eq!(values, vec!["a", "b", "c", "", "e"]);
+        assert_eq!(stripped, "/s?t=1&dlpxx=keep");
+    }
+
+    #[test]
+    fn a_host_with_userinfo_is_no_public_base() {
+        assert!(host_authority("user@evil.example").is_none());
+        assert!(host_authority("chat.example.com:8443").is_some());
+        assert!(host_authority("").is_none());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::HOST,
+            HeaderValue::from_static("user@evil.example"),
+        );
+        let uri: Uri = "/".parse().expect("uri");
+        assert_eq!(PublicBase::from_request(&uri, &headers, false, false), None);
+    }
+
+    #[test]
+    fn forwarded_host_is_the_entry_the_ingress_appended() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::HOST,
+            HeaderValue::from_static("internal:8080"),
+        );
+        headers.insert(
+            X_FORWARDED_HOST,
+            HeaderValue::from_static("evil.example, chat.example.com"),
+        );
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http, https"));
+        let uri: Uri = "/".parse().expect("uri");
+        let trusted = PublicBase::from_request(&uri, &headers, false, true).expect("base");
+        assert_eq!(trusted, base("wss://chat.example.com"));
     }
 
     #[test]

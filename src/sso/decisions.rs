@@ -1,6 +1,10 @@
 //! Exchange once: what was decided for a card is remembered (bounded, with
 //! a TTL), and a card being decided is decided once even when the stream
 //! and a poll see it at the same time.
+//!
+//! Keys are SHA-256 digests of (conversation id, card id), so an entry costs
+//! the same whatever the ids' length: memory is bounded in bytes by the
+//! capacity (about [`BYTES_PER_ENTRY`] each).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -8,8 +12,23 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-/// Conversation id and card id.
-pub type Key = (String, String);
+/// A digest of the conversation id and the card id.
+pub type Key = [u8; 32];
+
+/// An upper estimate of one remembered decision: the map entry, its slot in
+/// the expiry queue and the tables' spare room.
+pub const BYTES_PER_ENTRY: usize = 160;
+
+/// The key of one card of one conversation (its canonical id).
+pub fn key(conversation_id: &str, card_id: &str) -> Key {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(&(conversation_id.len() as u64).to_be_bytes());
+    context.update(conversation_id.as_bytes());
+    context.update(card_id.as_bytes());
+    let mut key = [0u8; 32];
+    key.copy_from_slice(context.finish().as_ref());
+    key
+}
 
 enum Entry {
     Pending(watch::Receiver<Option<bool>>),
@@ -57,7 +76,7 @@ impl Decisions {
             _ => {}
         }
         let (sender, receiver) = watch::channel(None);
-        inner.entries.insert(key.clone(), Entry::Pending(receiver));
+        inner.entries.insert(key, Entry::Pending(receiver));
         Begin::Lead(Lead {
             decisions: self,
             key,
@@ -69,16 +88,14 @@ impl Decisions {
     fn finish(&self, key: &Key, success: bool) {
         let now = Instant::now();
         let mut inner = self.lock();
-        inner
-            .entries
-            .insert(key.clone(), Entry::Done { success, at: now });
-        inner.order.push_back((key.clone(), now));
+        inner.entries.insert(*key, Entry::Done { success, at: now });
+        inner.order.push_back((*key, now));
         self.evict(&mut inner, now);
     }
 
     /// Drops expired entries, then the oldest while over capacity.
     fn evict(&self, inner: &mut Inner, now: Instant) {
-        while let Some((key, at)) = inner.order.front().cloned() {
+        while let Some(&(key, at)) = inner.order.front() {
             let expired = now.duration_since(at) >= self.ttl;
             if !expired && inner.order.len() <= self.capacity {
                 break;
@@ -162,7 +179,7 @@ mod tests {
     use super::*;
 
     fn key(card: &str) -> Key {
-        ("conv".into(), card.into())
+        super::key("conv", card)
     }
 
     #[test]
@@ -174,7 +191,7 @@ mod tests {
         lead.finish(true);
         assert!(matches!(decisions.begin(key("a")), Begin::Decided(true)));
         assert!(matches!(
-            decisions.begin(("other".into(), "a".into())),
+            decisions.begin(super::key("other", "a")),
             Begin::Lead(_)
         ));
     }
@@ -237,5 +254,12 @@ mod tests {
             "oldest evicted"
         );
         assert!(matches!(decisions.begin(key("e")), Begin::Decided(true)));
+    }
+
+    #[test]
+    fn keys_are_fixed_size_and_do_not_collide_across_the_boundary() {
+        assert_eq!(super::key("ab", "c").len(), 32);
+        assert_ne!(super::key("ab", "c"), super::key("a", "bc"));
+        assert_eq!(super::key("a", &"x".repeat(100_000)).len(), 32);
     }
 }

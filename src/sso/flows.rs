@@ -3,6 +3,7 @@
 
 use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::BodyExt;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 use thiserror::Error;
@@ -10,6 +11,14 @@ use thiserror::Error;
 use crate::body::full;
 use crate::directline::activity::{OAuthCard, PROXY_INVOKE_MARKER};
 use crate::upstream::{HttpClient, Upstream};
+
+/// Everything but RFC 3986's unreserved characters is escaped in the
+/// conversation id of the invoke's path.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flow {
@@ -84,7 +93,7 @@ pub async fn invoke(
     });
     let path = format!(
         "/v3/directline/conversations/{}/activities",
-        target.conversation_id
+        utf8_percent_encode(target.conversation_id, PATH_SEGMENT)
     );
     let uri: Uri = path
         .parse()
@@ -166,77 +175,9 @@ pub async fn token_post(
     }
 }
 
-/// Hosts a `sasUrl` may point at.
-pub struct AllowList {
-    exact: Vec<String>,
-    suffixes: Vec<String>,
-}
-
-impl AllowList {
-    pub fn new(hosts: &[String]) -> AllowList {
-        let (wild, exact): (Vec<&String>, Vec<&String>) =
-            hosts.iter().partition(|h| h.starts_with("*."));
-        AllowList {
-            exact: exact.iter().map(|h| h.to_ascii_lowercase()).collect(),
-            suffixes: wild.iter().map(|h| h[1..].to_ascii_lowercase()).collect(),
-        }
-    }
-
-    /// `*.example.com` allows `a.example.com`, not `example.com` itself.
-    /// The token travels only over https, except to a loopback address
-    /// (local development and tests).
-    pub fn permits(&self, url: &Uri) -> bool {
-        let Some(host) = url.host().map(str::to_ascii_lowercase) else {
-            return false;
-        };
-        let secure = url.scheme_str() == Some("https") || is_loopback(&host);
-        let listed =
-            self.exact.contains(&host) || self.suffixes.iter().any(|s| host.ends_with(s.as_str()));
-        secure && listed
-    }
-}
-
-fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn allow(hosts: &[&str]) -> AllowList {
-        AllowList::new(&hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
-    }
-
-    fn uri(s: &str) -> Uri {
-        s.parse().expect("uri")
-    }
-
-    #[test]
-    fn allow_list_matches_exact_hosts_and_subdomain_wildcards() {
-        let list = allow(&["token.botframework.com", "*.example.com"]);
-        assert!(list.permits(&uri("https://token.botframework.com/api/x")));
-        assert!(list.permits(&uri("https://TOKEN.botframework.com:443/x")));
-        assert!(list.permits(&uri("https://a.example.com/x")));
-        assert!(list.permits(&uri("https://b.a.example.com/x")));
-        assert!(!list.permits(&uri("https://example.com/x")));
-        assert!(!list.permits(&uri("https://evil-example.com/x")));
-        assert!(!list.permits(&uri("https://token.botframework.com.evil.io/x")));
-        assert!(!list.permits(&uri("/relative")));
-    }
-
-    #[test]
-    fn the_token_goes_over_https_only_except_to_loopback() {
-        let list = allow(&["token.botframework.com", "127.0.0.1", "localhost"]);
-        assert!(!list.permits(&uri("http://token.botframework.com/x")));
-        assert!(list.permits(&uri("http://127.0.0.1:3978/sas/x")));
-        assert!(list.permits(&uri("http://localhost/sas/x")));
-    }
 
     #[test]
     fn refusals_name_the_bots_own_status() {

@@ -5,12 +5,16 @@
 //! 1. fast path: no OAuth marker and no proxy-invoke marker, same bytes out;
 //! 2. parse the set, keeping each activity's bytes;
 //! 3. decide every card concurrently, each bounded by `sso.timeout_ms`
-//!    (exchange once: a decided card id is not decided again);
+//!    (exchange once: a decided card id is not decided again), and only
+//!    for the conversation's owner, an allowed resource and within the
+//!    budgets of [`limits`];
 //! 4. remove exchanged cards and echoes of the proxy's own invokes,
 //!    re-serialising only the activities that changed.
 
+pub mod allow_list;
 pub mod decisions;
 pub mod flows;
+pub mod limits;
 pub mod outcome;
 pub mod providers;
 pub mod seal;
@@ -26,11 +30,13 @@ use crate::config::SsoConfig;
 use crate::directline::activity::{self, ActivitySet, Markers, OAuthCard};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::upstream::{HttpClient, Upstream};
+use allow_list::AllowList;
 use decisions::{Begin, Decisions};
-use flows::{AllowList, ExchangeError, Flow, InvokeTarget};
+use flows::{ExchangeError, Flow, InvokeTarget};
+use limits::{InFlight, SetBudget};
 use outcome::Outcome;
 use providers::{Provider, ProviderError, ProviderSetupError, TokenRequest};
-use seal::{SealError, Sealer};
+use seal::{KeyId, Opened, Owner, SealError, Sealer, StreamContext};
 
 /// How long a sealed stream context stays valid: the client must open the
 /// stream within 60 s of receiving the URL; an hour leaves room for clocks.
@@ -44,15 +50,36 @@ pub enum SsoSetupError {
     Seal(#[from] SealError),
 }
 
+/// A card id longer than this is no real card's: it is shown unchanged and
+/// never remembered.
+pub const MAX_CARD_ID_BYTES: usize = 512;
+
 /// What the proxy knows of the conversation a frame or poll belongs to,
 /// all taken from the request that carries that stream or poll.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Access {
+    /// Canonical (percent-decoded), as Direct Line identifies it.
     pub conversation_id: String,
     /// The conversation token (never the stream token `t=`).
     pub token: Option<String>,
     /// The user's request headers the provider reads.
     pub user_headers: HeaderMap,
+    /// Who made the request, as far as the proxy can tell.
+    pub requester: Requester,
+    /// False when the conversation's sealed owner is someone other than the
+    /// requester: nothing is decided for them.
+    pub owner_matches: bool,
+}
+
+/// The person behind a stream or poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requester {
+    /// User binding is off (`directline.user_id_header` unset): the proxy
+    /// cannot name users.
+    Anonymous,
+    /// User binding is on: the requester's bound id, `None` when the
+    /// request lacked the header (then nothing is decided).
+    Bound(Option<String>),
 }
 
 pub struct Sso {
@@ -62,6 +89,7 @@ pub struct Sso {
     /// Shared across reloads: what was decided stays decided.
     decisions: Arc<Decisions>,
     sealer: Sealer,
+    in_flight: InFlight,
     markers: Markers,
     timeout: Duration,
     upstream: Arc<Upstream>,
@@ -80,16 +108,12 @@ impl Sso {
         let Some(provider) = Provider::from_config(config, upstream.client())? else {
             return Ok(None);
         };
-        if config.seal_keys.is_empty() {
-            tracing::warn!(
-                "sso.seal_keys is empty: a per-process key is used, so a stream opened on another replica gets no invoke flow"
-            );
-        }
         Ok(Some(Sso {
             flows: config.flows.iter().filter_map(|f| Flow::parse(f)).collect(),
             allow: AllowList::new(&config.token_post_allow_hosts),
             decisions,
             sealer: Sealer::new(&config.seal_keys, SEAL_LIFETIME)?,
+            in_flight: InFlight::default(),
             markers: Markers::default(),
             timeout: config.timeout(),
             client: upstream.client(),
@@ -97,10 +121,6 @@ impl Sso {
             provider,
             metrics,
         }))
-    }
-
-    pub fn sealer(&self) -> &Sealer {
-        &self.sealer
     }
 
     /// The user-request headers the provider reads.
@@ -119,6 +139,85 @@ impl Sso {
         kept
     }
 
+    /// The `dlpx` value for a rewritten `streamUrl`: the conversation token
+    /// and, when the proxy can tell, who the conversation belongs to: the
+    /// bound user, else a fingerprint of the provider's inputs that the
+    /// start (or reconnect) request carried.
+    pub fn seal_stream_context(
+        &self,
+        conversation_id: &str,
+        token: String,
+        requester: &Requester,
+        request_headers: &HeaderMap,
+    ) -> Result<String, SealError> {
+        let owner = match requester {
+            Requester::Bound(user) => user.clone().map(Owner::User),
+            Requester::Anonymous => self
+                .sealer
+                .fingerprint(KeyId::SEALING, &self.capture_headers(request_headers))
+                .map(Owner::Inputs),
+        };
+        self.sealer
+            .seal(conversation_id, &StreamContext { token, owner })
+    }
+
+    /// What a stream may do, from its handshake: the sealed context (if it
+    /// opens) gives the conversation token and the owner, who must be the
+    /// requester.
+    pub fn stream_access(
+        &self,
+        conversation_id: &str,
+        sealed: Option<&str>,
+        request_headers: &HeaderMap,
+        requester: Requester,
+    ) -> Access {
+        let user_headers = self.capture_headers(request_headers);
+        let opened = sealed.and_then(|sealed| self.open_stream_context(conversation_id, sealed));
+        let owner_matches = match &opened {
+            Some(Opened {
+                context:
+                    StreamContext {
+                        owner: Some(owner), ..
+                    },
+                key,
+            }) => match owner {
+                Owner::User(owner) => requester == Requester::Bound(Some(owner.clone())),
+                Owner::Inputs(fingerprint) => {
+                    self.sealer.fingerprint(*key, &user_headers).as_ref() == Some(fingerprint)
+                }
+            },
+            _ => true,
+        };
+        Access {
+            conversation_id: conversation_id.to_string(),
+            token: opened.map(|opened| opened.context.token),
+            user_headers,
+            requester,
+            owner_matches,
+        }
+    }
+
+    /// What a poll may do: it carries the conversation token itself.
+    pub fn poll_access(
+        &self,
+        conversation_id: &str,
+        request_headers: &HeaderMap,
+        requester: Requester,
+    ) -> Access {
+        let token = request_headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(providers::bearer_value)
+            .map(str::to_string);
+        Access {
+            conversation_id: conversation_id.to_string(),
+            token,
+            user_headers: self.capture_headers(request_headers),
+            requester,
+            owner_matches: true,
+        }
+    }
+
     /// The set with exchanged cards and proxy echoes removed, or `None` when
     /// the bytes go out unchanged.
     pub async fn process(&self, access: &Access, bytes: &[u8]) -> Option<Vec<u8>> {
@@ -130,7 +229,14 @@ impl Sso {
         if findings.is_empty() {
             return None;
         }
-        let outcomes = join_all(findings.cards.iter().map(|card| self.decide(access, card))).await;
+        let budget = SetBudget::default();
+        let outcomes = join_all(
+            findings
+                .cards
+                .iter()
+                .map(|card| self.decide(access, card, &budget)),
+        )
+        .await;
         let exchanged: Vec<&OAuthCard> = findings
             .cards
             .iter()
@@ -145,29 +251,23 @@ impl Sso {
     }
 
     /// `true` when the card may be removed.
-    async fn decide(&self, access: &Access, card: &OAuthCard) -> bool {
+    async fn decide(&self, access: &Access, card: &OAuthCard, budget: &SetBudget) -> bool {
         self.metrics.oauth_card_seen();
         let (Some(flow), Some(card_id)) = (self.flow_for(card, access), card.id()) else {
             if self.fell_back(card, access) {
-                self.metrics.sso_decision(
-                    Flow::Invoke.as_str(),
-                    Outcome::NoContext.as_str(),
-                    Duration::ZERO,
-                );
-                tracing::info!(
-                    conversation_id = %access.conversation_id,
-                    flow = Flow::Invoke.as_str(),
-                    outcome = Outcome::NoContext.as_str(),
-                    "sso decision"
-                );
+                self.refused(access, Flow::Invoke, Outcome::NoContext);
             } else {
                 tracing::debug!(conversation_id = %access.conversation_id, "OAuth card offers no enabled flow");
             }
             return false;
         };
+        if let Some(refusal) = self.precondition(access, card, card_id) {
+            self.refused(access, flow, refusal);
+            return false;
+        }
         let lead = match self
             .decisions
-            .begin((access.conversation_id.clone(), card_id.to_string()))
+            .begin(decisions::key(&access.conversation_id, card_id))
         {
             Begin::Decided(success) => return success,
             Begin::Wait(receiver) => {
@@ -176,6 +276,12 @@ impl Sso {
                     .unwrap_or(false);
             }
             Begin::Lead(lead) => lead,
+        };
+        let conversation = decisions::key(&access.conversation_id, "");
+        let Some(_slot) = self.in_flight.enter(conversation, budget) else {
+            lead.abandon();
+            self.refused(access, flow, Outcome::OverLimit);
+            return false;
         };
         let started = Instant::now();
         let outcome = tokio::time::timeout(self.timeout, self.attempt(flow, access, card))
@@ -202,6 +308,43 @@ impl Sso {
             lead.finish(success);
         }
         success
+    }
+
+    /// Why this card must not be decided for this requester, if it must not:
+    /// the id is too long to be a real card's, the requester is not the
+    /// conversation's owner or not the user the card is for, or the card
+    /// asks for a resource the provider may not mint tokens for.
+    fn precondition(&self, access: &Access, card: &OAuthCard, card_id: &str) -> Option<Outcome> {
+        if card_id.len() > MAX_CARD_ID_BYTES {
+            return Some(Outcome::OverLimit);
+        }
+        let recipient_is_requester = match &access.requester {
+            Requester::Anonymous => true,
+            Requester::Bound(requester) => {
+                requester.is_some() && requester.as_deref() == card.user_id.as_deref()
+            }
+        };
+        if !access.owner_matches || !recipient_is_requester {
+            return Some(Outcome::PrincipalMismatch);
+        }
+        let resource = card.exchange.as_ref().and_then(|e| e.uri.as_deref());
+        if !self.provider.allows_resource(resource) {
+            return Some(Outcome::ResourceNotAllowed);
+        }
+        None
+    }
+
+    /// Counts and logs a card that was not decided: it goes out unchanged.
+    fn refused(&self, access: &Access, flow: Flow, outcome: Outcome) {
+        self.metrics
+            .sso_decision(flow.as_str(), outcome.as_str(), Duration::ZERO);
+        tracing::info!(
+            conversation_id = %access.conversation_id,
+            flow = flow.as_str(),
+            outcome = outcome.as_str(),
+            provider = self.provider.name(),
+            "sso decision"
+        );
     }
 
     /// Whether the invoke was enabled and offered but this stream lacks the
@@ -291,9 +434,9 @@ impl Sso {
     }
 
     /// Opens a stream's sealed context; a refusal is counted and logged.
-    pub fn open_stream_context(&self, conversation_id: &str, sealed: &str) -> Option<String> {
+    pub fn open_stream_context(&self, conversation_id: &str, sealed: &str) -> Option<Opened> {
         match self.sealer.open(conversation_id, sealed) {
-            Ok(context) => Some(context.token),
+            Ok(opened) => Some(opened),
             Err(error) => {
                 self.metrics.error(ErrorKind::StreamContextRejected);
                 tracing::warn!(%error, "stream context refused: the invoke flow is off for this stream");

@@ -17,6 +17,15 @@ pub enum Outcome {
     NotAllowed,
     /// The conversation token or the user id needed for the invoke is unknown.
     NoContext,
+    /// The requester is not the conversation's owner or not the user the
+    /// card was sent to: their credentials are not spent on it.
+    PrincipalMismatch,
+    /// The card asks for a token for a resource not in
+    /// `sso.oauth2.allowed_resources`.
+    ResourceNotAllowed,
+    /// A bound was reached: the card id is over 512 bytes, or the set, the
+    /// conversation or the process already runs its share of decisions.
+    OverLimit,
 }
 
 impl Outcome {
@@ -29,6 +38,9 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::NotAllowed => "not_allowed",
             Outcome::NoContext => "no_context",
+            Outcome::PrincipalMismatch => "principal_mismatch",
+            Outcome::ResourceNotAllowed => "resource_not_allowed",
+            Outcome::OverLimit => "over_limit",
         }
     }
 }

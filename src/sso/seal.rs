@@ -17,7 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use http::HeaderMap;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -26,6 +28,8 @@ use thiserror::Error;
 pub const PARAM: &str = "dlpx";
 const VERSION: u8 = 1;
 const KEY_LEN: usize = 32;
+/// Derives the fingerprint key from a sealing key, so one key never serves two purposes.
+const FINGERPRINT_LABEL: &[u8] = b"directline-proxy owner fingerprint v1";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SealError {
@@ -39,11 +43,43 @@ pub enum SealError {
     Random,
 }
 
-/// What a stream needs to act as the conversation.
+/// What a stream needs to act as the conversation, and for whom.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamContext {
     /// The conversation token from the start or reconnect response.
     pub token: String,
+    /// Who started (or reconnected) the conversation, when the proxy could
+    /// tell: a decision runs only for a stream opened by the same person.
+    #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+}
+
+/// The conversation's owner as the proxy knew it when it sealed the context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Owner {
+    /// The bound user id (`directline.user_id_header`).
+    #[serde(rename = "u")]
+    User(String),
+    /// A keyed fingerprint of the provider's inputs (the session cookie...)
+    /// that the start request carried; see [`Sealer::fingerprint`].
+    #[serde(rename = "f")]
+    Inputs(String),
+}
+
+/// Which configured key opened a context (0 is the key that seals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyId(usize);
+
+impl KeyId {
+    /// The key new contexts are sealed with.
+    pub const SEALING: KeyId = KeyId(0);
+}
+
+/// An opened context and the key that opened it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub context: StreamContext,
+    pub key: KeyId,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -65,6 +101,9 @@ pub fn decode_key(text: &str) -> Result<[u8; KEY_LEN], String> {
 
 pub struct Sealer {
     keys: Vec<LessSafeKey>,
+    /// One per sealing key, derived from it: fingerprints made with a key
+    /// are checked with the same one, so rotation keeps them comparable.
+    fingerprint_keys: Vec<hmac::Key>,
     rng: SystemRandom,
     lifetime: Duration,
 }
@@ -86,11 +125,38 @@ impl Sealer {
             .map(|k| UnboundKey::new(&AES_256_GCM, k).map(LessSafeKey::new))
             .collect::<Result<_, _>>()
             .map_err(|_| SealError::Malformed)?;
+        let fingerprint_keys = raw
+            .iter()
+            .map(|k| {
+                let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, k), FINGERPRINT_LABEL);
+                hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
+            })
+            .collect();
         Ok(Sealer {
             keys,
+            fingerprint_keys,
             rng,
             lifetime,
         })
+    }
+
+    /// A keyed digest of the provider's inputs in a user's request (the
+    /// headers it reads, in its order), or `None` when there are none. Keyed,
+    /// so that it says nothing about a cookie to whoever sees it.
+    pub fn fingerprint(&self, key: KeyId, inputs: &HeaderMap) -> Option<String> {
+        if inputs.is_empty() {
+            return None;
+        }
+        let mut context = hmac::Context::with_key(self.fingerprint_keys.get(key.0)?);
+        for name in inputs.keys() {
+            for value in inputs.get_all(name) {
+                context.update(name.as_str().as_bytes());
+                context.update(b":");
+                context.update(&(value.len() as u64).to_be_bytes());
+                context.update(value.as_bytes());
+            }
+        }
+        Some(URL_SAFE_NO_PAD.encode(context.sign().as_ref()))
     }
 
     pub fn seal(
@@ -119,7 +185,7 @@ impl Sealer {
         Ok(URL_SAFE_NO_PAD.encode(out))
     }
 
-    pub fn open(&self, conversation_id: &str, text: &str) -> Result<StreamContext, SealError> {
+    pub fn open(&self, conversation_id: &str, text: &str) -> Result<Opened, SealError> {
         let bytes = URL_SAFE_NO_PAD
             .decode(text)
             .map_err(|_| SealError::Malformed)?;
@@ -129,10 +195,11 @@ impl Sealer {
         }
         let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| SealError::Malformed)?;
-        let sealed = self
+        let (key, sealed) = self
             .keys
             .iter()
-            .find_map(|key| {
+            .enumerate()
+            .find_map(|(index, key)| {
                 let mut buffer = ciphertext.to_vec();
                 let plain = key
                     .open_in_place(
@@ -141,13 +208,18 @@ impl Sealer {
                         &mut buffer,
                     )
                     .ok()?;
-                serde_json::from_slice::<Sealed>(plain).ok()
+                serde_json::from_slice::<Sealed>(plain)
+                    .ok()
+                    .map(|sealed| (KeyId(index), sealed))
             })
             .ok_or(SealError::Forged)?;
         if sealed.expires <= now_secs() {
             return Err(SealError::Expired);
         }
-        Ok(sealed.context)
+        Ok(Opened {
+            context: sealed.context,
+            key,
+        })
     }
 }
 
@@ -183,7 +255,16 @@ mod tests {
     fn context() -> StreamContext {
         StreamContext {
             token: "conversation-token".into(),
+            owner: Some(Owner::User("dl_owner".into())),
         }
+    }
+
+    fn opened(
+        sealer: &Sealer,
+        conversation: &str,
+        sealed: &str,
+    ) -> Result<StreamContext, SealError> {
+        sealer.open(conversation, sealed).map(|o| o.context)
     }
 
     #[test]
@@ -191,14 +272,14 @@ mod tests {
         let sealer = Sealer::new(&[key(1)], HOUR).expect("sealer");
         let sealed = sealer.seal("conv-a", &context()).expect("seal");
         assert!(!sealed.contains("conversation-token"));
-        assert_eq!(sealer.open("conv-a", &sealed), Ok(context()));
+        assert_eq!(opened(&sealer, "conv-a", &sealed), Ok(context()));
     }
 
     #[test]
     fn sealed_context_does_not_open_for_another_conversation() {
         let sealer = Sealer::new(&[key(1)], HOUR).expect("sealer");
         let sealed = sealer.seal("conv-a", &context()).expect("seal");
-        assert_eq!(sealer.open("conv-b", &sealed), Err(SealError::Forged));
+        assert_eq!(opened(&sealer, "conv-b", &sealed), Err(SealError::Forged));
     }
 
     #[test]
@@ -206,7 +287,7 @@ mod tests {
         let a = Sealer::new(&[key(1)], HOUR).expect("sealer");
         let b = Sealer::new(&[key(1)], HOUR).expect("sealer");
         let sealed = a.seal("c", &context()).expect("seal");
-        assert_eq!(b.open("c", &sealed), Ok(context()));
+        assert_eq!(opened(&b, "c", &sealed), Ok(context()));
     }
 
     #[test]
@@ -214,9 +295,9 @@ mod tests {
         let old = Sealer::new(&[key(1)], HOUR).expect("old");
         let rotated = Sealer::new(&[key(2), key(1)], HOUR).expect("rotated");
         let sealed_by_old = old.seal("c", &context()).expect("seal");
-        assert_eq!(rotated.open("c", &sealed_by_old), Ok(context()));
+        assert_eq!(opened(&rotated, "c", &sealed_by_old), Ok(context()));
         let sealed_by_new = rotated.seal("c", &context()).expect("seal");
-        assert_eq!(old.open("c", &sealed_by_new), Err(SealError::Forged));
+        assert_eq!(opened(&old, "c", &sealed_by_new), Err(SealError::Forged));
     }
 
     #[test]
@@ -226,9 +307,9 @@ mod tests {
         let last = sealed.len() - 2;
         sealed[last] = if sealed[last] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(sealed).expect("ascii");
-        assert_eq!(sealer.open("c", &tampered), Err(SealError::Forged));
-        assert_eq!(sealer.open("c", "!!!"), Err(SealError::Malformed));
-        assert_eq!(sealer.open("c", ""), Err(SealError::Malformed));
+        assert_eq!(opened(&sealer, "c", &tampered), Err(SealError::Forged));
+        assert_eq!(opened(&sealer, "c", "!!!"), Err(SealError::Malformed));
+        assert_eq!(opened(&sealer, "c", ""), Err(SealError::Malformed));
     }
 
     #[test]
@@ -236,14 +317,52 @@ mod tests {
         let first = Sealer::new(&[], HOUR).expect("sealer");
         let rebuilt = Sealer::new(&[], HOUR).expect("sealer");
         let sealed = first.seal("c", &context()).expect("seal");
-        assert_eq!(rebuilt.open("c", &sealed), Ok(context()));
+        assert_eq!(opened(&rebuilt, "c", &sealed), Ok(context()));
     }
 
     #[test]
     fn expired_context_is_refused() {
         let sealer = Sealer::new(&[key(1)], Duration::ZERO).expect("sealer");
         let sealed = sealer.seal("c", &context()).expect("seal");
-        assert_eq!(sealer.open("c", &sealed), Err(SealError::Expired));
+        assert_eq!(opened(&sealer, "c", &sealed), Err(SealError::Expired));
+    }
+
+    #[test]
+    fn the_owner_travels_sealed_and_a_context_without_one_still_opens() {
+        let sealer = Sealer::new(&[key(1)], HOUR).expect("sealer");
+        let sealed = sealer.seal("c", &context()).expect("seal");
+        assert!(!sealed.contains("dl_owner"));
+        let anonymous = StreamContext {
+            token: "t".into(),
+            owner: None,
+        };
+        let sealed = sealer.seal("c", &anonymous).expect("seal");
+        assert_eq!(opened(&sealer, "c", &sealed), Ok(anonymous));
+    }
+
+    #[test]
+    fn fingerprints_tell_inputs_apart_and_survive_rotation() {
+        let mut cookie = HeaderMap::new();
+        cookie.insert("cookie", "session=victim".parse().expect("value"));
+        let mut other = HeaderMap::new();
+        other.insert("cookie", "session=attacker".parse().expect("value"));
+        let old = Sealer::new(&[key(1)], HOUR).expect("old");
+        let rotated = Sealer::new(&[key(2), key(1)], HOUR).expect("rotated");
+        let made = old.fingerprint(KeyId::SEALING, &cookie).expect("some");
+        assert!(!made.contains("victim"));
+        assert_ne!(Some(made.clone()), old.fingerprint(KeyId::SEALING, &other));
+        let sealed = old
+            .seal(
+                "c",
+                &StreamContext {
+                    token: "t".into(),
+                    owner: Some(Owner::Inputs(made.clone())),
+                },
+            )
+            .expect("seal");
+        let reopened = rotated.open("c", &sealed).expect("opens");
+        assert_eq!(rotated.fingerprint(reopened.key, &cookie), Some(made));
+        assert_eq!(old.fingerprint(KeyId::SEALING, &HeaderMap::new()), None);
     }
 
     #[test]

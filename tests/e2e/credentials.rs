@@ -86,7 +86,7 @@ async fn minting_without_credentials_uses_the_server_secret() {
 }
 
 #[tokio::test]
-async fn a_start_without_credentials_uses_the_secret_and_no_other_route_ever_does() {
+async fn a_start_without_credentials_uses_a_minted_token_and_only_minting_carries_the_secret() {
     let stack = stack_holding_the_secret("TEST_DL_SECRET_START", |_| {}).await;
     let start = stack
         .http
@@ -130,11 +130,20 @@ async fn a_start_without_credentials_uses_the_secret_and_no_other_route_ever_doe
             .is_some_and(|v| v.to_str().is_ok_and(|v| v.contains(&secret)));
         if carries_secret {
             assert_eq!(
-                request.path_and_query, "/v3/directline/conversations",
-                "secret only on the start"
+                request.path_and_query, "/v3/directline/tokens/generate",
+                "the secret only mints the start's token"
             );
         }
     }
+    let mint = stack
+        .emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.path_and_query == "/v3/directline/tokens/generate")
+        .expect("a token was minted for the start");
+    let user: Value = serde_json::from_slice(&mint.body).expect("mint body");
+    let user = user["user"]["id"].as_str().expect("a user id").to_string();
+    assert!(user.starts_with("dl_") && user.len() == 35, "{user}");
     stack.shutdown().await;
 }
 

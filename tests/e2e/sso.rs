@@ -22,20 +22,31 @@ use crate::common::{
 /// The token the emulator's bot accepts by default.
 const USER_TOKEN: &str = "demo-user-token";
 
-fn static_provider(config: &mut Config, token: &str) {
+/// The page that embeds the chat in these tests.
+pub const PAGE_ORIGIN: &str = "https://chat.contoso.test";
+
+/// The emulator's token-post endpoints (plain http on loopback, its port).
+pub fn allow_emulator_token_post(config: &mut Config) {
+    let sas = format!("{}/sas/", config.upstream.url);
+    config.sso.token_post_allow_hosts.push(sas);
+}
+
+pub fn static_provider(config: &mut Config, token: &str) {
     config.sso.provider = "static".into();
     config.sso.static_token = Some(StaticProviderConfig {
         token: token.into(),
     });
-    config.sso.token_post_allow_hosts.push("127.0.0.1".into());
+    allow_emulator_token_post(config);
 }
 
-fn http_provider(config: &mut Config, url: String) {
+/// A provider that reads the user's request needs the page's origin listed.
+pub fn http_provider(config: &mut Config, url: String) {
     config.sso.provider = "http".into();
     config.sso.http = Some(HttpProviderConfig {
         url,
         forward_headers: vec!["cookie".into()],
     });
+    config.listen.allowed_origins = vec![PAGE_ORIGIN.into()];
 }
 
 async fn sso_stack(adjust: impl FnOnce(&mut Config)) -> Stack {
@@ -616,6 +627,7 @@ async fn header_provider_takes_the_token_from_the_users_request() {
         c.sso.header = Some(HeaderProviderConfig {
             name: "x-forwarded-access-token".into(),
         });
+        c.listen.allowed_origins = vec![PAGE_ORIGIN.into()];
     })
     .await;
     let conv = stack.start_conversation().await;
@@ -650,7 +662,9 @@ async fn oauth2_stack(grant: &str, token_endpoint: &Endpoint, secret_var: &str) 
             client_secret_env: None,
             client_secret_file: Some(secret_file),
             header: "x-forwarded-access-token".into(),
+            allowed_resources: vec![EXCHANGE_URI.into()],
         });
+        c.listen.allowed_origins = vec![PAGE_ORIGIN.into()];
     })
     .await
 }
@@ -817,6 +831,7 @@ async fn the_users_credentials_for_the_proxy_never_reach_direct_line() {
         c.sso.header = Some(HeaderProviderConfig {
             name: "x-forwarded-access-token".into(),
         });
+        c.listen.allowed_origins = vec![PAGE_ORIGIN.into()];
     })
     .await;
     let conv = stack.start_conversation().await;

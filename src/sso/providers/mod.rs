@@ -64,9 +64,6 @@ impl Provider {
         let provider = match config.provider.as_str() {
             "static" => {
                 let token = config.static_token.as_ref().ok_or_else(missing)?;
-                tracing::warn!(
-                    "sso.provider = \"static\": every user gets the same token; development only"
-                );
                 Provider::Static(token.token.clone())
             }
             "http" => {
@@ -91,6 +88,16 @@ impl Provider {
             Provider::Http(http) => http.forward_headers().to_vec(),
             Provider::Header(name) => vec![name.clone()],
             Provider::OAuth2(oauth2) => vec![oauth2.header().clone()],
+        }
+    }
+
+    /// Whether the provider may be asked for a token for this resource
+    /// (`tokenExchangeResource.uri`): only `oauth2` mints tokens for an
+    /// audience, and only for `sso.oauth2.allowed_resources`.
+    pub fn allows_resource(&self, resource: Option<&str>) -> bool {
+        match self {
+            Provider::OAuth2(oauth2) => oauth2.allows_resource(resource),
+            Provider::Static(_) | Provider::Http(_) | Provider::Header(_) => true,
         }
     }
 

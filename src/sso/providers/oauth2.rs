@@ -41,6 +41,9 @@ pub struct OAuth2Provider {
     client_id: String,
     client_secret: String,
     header: HeaderName,
+    /// The only `tokenExchangeResource.uri` values exchanged for: the card
+    /// comes from the conversation, so it must not choose the audience.
+    allowed_resources: Vec<String>,
     client: HttpClient,
     /// Keyed by a digest of (incoming token, resource): the raw incoming
     /// token is not kept.
@@ -91,6 +94,7 @@ impl OAuth2Provider {
             client_secret,
             header: HeaderName::from_bytes(config.header.as_bytes())
                 .map_err(|_| ProviderSetupError::Invalid("sso.oauth2.header"))?,
+            allowed_resources: config.allowed_resources.clone(),
             client,
             cache: Mutex::new(HashMap::new()),
         })
@@ -98,6 +102,11 @@ impl OAuth2Provider {
 
     pub fn header(&self) -> &HeaderName {
         &self.header
+    }
+
+    /// Whether the card's resource is one the operator listed (exact match).
+    pub fn allows_resource(&self, resource: Option<&str>) -> bool {
+        resource.is_some_and(|uri| self.allowed_resources.iter().any(|r| r == uri))
     }
 
     pub async fn token(&self, request: &TokenRequest<'_>) -> Result<String, ProviderError> {
