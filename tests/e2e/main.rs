@@ -11,6 +11,7 @@ mod metrics;
 mod reload;
 mod shutdown;
 mod sso;
+mod sso_trust;
 mod stream_url;
 mod tls;
 mod transparency;
