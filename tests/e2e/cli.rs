@@ -78,3 +78,31 @@ fn missing_config_file_is_a_clear_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/dlproxy.toml"));
 }
+
+#[test]
+fn check_warns_about_settings_that_leave_a_hole_open_but_accepts_them() {
+    let (code, stderr) = check(
+        "[listen]\ntrust_forwarded_headers = true\nallowed_origins = [\"https://www.contoso.com\"]\n[sso]\nprovider = \"header\"\n",
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    for key in [
+        "listen.public_url",
+        "listen.trust_forwarded_headers",
+        "directline.user_id_header",
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("warning:") && l.contains(key)),
+            "no warning naming {key}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_refuses_a_provider_reading_the_users_request_without_allowed_origins() {
+    let (code, stderr) = check("[sso]\nprovider = \"header\"\n", &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("listen.allowed_origins"), "{stderr}");
+}

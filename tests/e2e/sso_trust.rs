@@ -957,3 +957,31 @@ async fn allow_client_user_id_keeps_the_chosen_id() {
     assert_eq!(bound, "dl_chosen");
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_that_turns_on_a_cookie_provider_brings_its_allowed_origins_along() {
+    let provider = auth_api().await;
+    let stack = Stack::start().await;
+    let poll_from = |origin: &'static str| {
+        let url = stack.proxy_url("/v3/directline/conversations/c/activities");
+        let http = &stack.http;
+        async move {
+            http.send(Method::GET, &url, &[("origin", origin)], Bytes::new())
+                .await
+                .status
+        }
+    };
+    assert_ne!(
+        poll_from(EVIL_ORIGIN).await,
+        StatusCode::FORBIDDEN,
+        "no list yet"
+    );
+    let mut reloaded = crate::common::proxy_config(&stack.emulator.base_url());
+    cookie_sso(&mut reloaded, provider.url("/bot-token"));
+    reloaded.directline.secret_file = None;
+    stack.proxy.reload(reloaded).expect("reload applies");
+    assert_eq!(poll_from(EVIL_ORIGIN).await, StatusCode::FORBIDDEN);
+    assert_ne!(poll_from(PAGE_ORIGIN).await, StatusCode::FORBIDDEN);
+    assert!(provider.seen().is_empty());
+    stack.shutdown().await;
+}
