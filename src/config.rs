@@ -280,6 +280,11 @@ pub struct SsoConfig {
     pub decision_ttl_secs: u64,
     /// How many decided card ids are remembered at most.
     pub decision_capacity: usize,
+    /// Without user binding: decide only for a stream whose sealed context
+    /// names its owner (the start carried the provider's inputs) and whose
+    /// handshake carries the same inputs; polls and streams without an
+    /// owner decide nothing.
+    pub require_owner: bool,
     pub http: Option<HttpProviderConfig>,
     #[serde(rename = "static")]
     pub static_token: Option<StaticProviderConfig>,
@@ -358,6 +363,7 @@ impl Default for SsoConfig {
             seal_keys: Vec::new(),
             decision_ttl_secs: 3_600,
             decision_capacity: 100_000,
+            require_owner: false,
             http: None,
             static_token: None,
             header: None,
@@ -694,8 +700,11 @@ impl Config {
         if self.listen.trust_forwarded_headers {
             warnings.push("listen.trust_forwarded_headers = true: X-Forwarded-Proto/-Host/-For are believed (the entry the nearest proxy added); make sure only your ingress can reach listen.addr and that it sets these headers itself".to_string());
         }
-        if self.sso.reads_user_request() && self.directline.user_id_header.is_none() {
-            warnings.push("the SSO provider reads the user's request but directline.user_id_header is not set: the proxy binds a conversation to a fingerprint of the provider's inputs sent with its start, when there are any; otherwise only listen.allowed_origins keeps other pages from using the user's credentials".to_string());
+        if self.sso.reads_user_request()
+            && self.directline.user_id_header.is_none()
+            && !self.sso.require_owner
+        {
+            warnings.push("the SSO provider reads the user's request but neither directline.user_id_header nor sso.require_owner is set: a conversation whose owner the proxy cannot tell is decided for whoever opens it, so only listen.allowed_origins keeps other pages from using the user's credentials".to_string());
         }
         if self.directline.allow_client_user_id {
             warnings.push("directline.allow_client_user_id = true: clients choose the user id of the tokens the proxy mints, so a client can speak as any user id it knows (unsafe)".to_string());

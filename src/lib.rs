@@ -148,10 +148,10 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         .public_base()?
         .as_ref()
         .and_then(PublicBase::from_config);
-    let config_origins = config.listen.allowed_origins.clone();
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
+    let origins = origin::OriginPolicy::new(&config.listen.allowed_origins);
     let tcp = TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
@@ -164,7 +164,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         tls: tls.is_some(),
         config,
         upstream,
-        sso: RwLock::new(sso),
+        policy: RwLock::new(Arc::new(proxy::Policy { origins, sso })),
         decisions,
         metrics,
         credentials,
@@ -172,7 +172,6 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         streams: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         ready: AtomicBool::new(true),
-        origins: RwLock::new(Arc::new(origin::OriginPolicy::new(&config_origins))),
     });
     let stop = CancellationToken::new();
     let tls = tls.map(|acceptor| Arc::new(RwLock::new(acceptor)));

@@ -26,12 +26,22 @@ use crate::sso::decisions::Decisions;
 use crate::sso::{Requester, Sso, seal};
 use crate::upstream::Upstream;
 
+/// What a reload swaps as one: a request reads it once, so it never pairs
+/// the origin list of one config with the SSO provider of another.
+pub struct Policy {
+    /// `listen.allowed_origins`: a provider that reads the user's request
+    /// must never run without it.
+    pub origins: OriginPolicy,
+    /// Server-side sign-in; `None` when `sso.provider = "none"`. Requests
+    /// and streams keep the one they started with.
+    pub sso: Option<Arc<Sso>>,
+}
+
 pub struct Shared {
     pub config: Config,
     pub upstream: Arc<Upstream>,
-    /// Server-side sign-in; `None` when `sso.provider = "none"`. Swapped
-    /// by a reload; requests and streams keep the one they started with.
-    pub sso: RwLock<Option<Arc<Sso>>>,
+    /// Swapped whole by a reload.
+    pub policy: RwLock<Arc<Policy>>,
     /// Exchange-once memory, kept across SSO reloads.
     pub decisions: Arc<Decisions>,
     pub metrics: Arc<Metrics>,
@@ -48,9 +58,6 @@ pub struct Shared {
     pub connection_slots: Arc<Semaphore>,
     /// False once draining has begun, so `/readyz` takes the replica out.
     pub ready: AtomicBool,
-    /// `listen.allowed_origins`; swapped by a reload with `[sso]`, since a
-    /// provider that reads the user's request must never run without it.
-    pub origins: RwLock<Arc<OriginPolicy>>,
 }
 
 impl Shared {
@@ -58,8 +65,12 @@ impl Shared {
     /// provider's inputs, the authenticated-user header): the user's
     /// credentials for the proxy, never forwarded to Direct Line.
     /// `Authorization` is Direct Line's own and always forwarded.
-    pub fn consumed_headers(&self) -> Vec<HeaderName> {
-        let mut names = self.sso().map(|sso| sso.header_names()).unwrap_or_default();
+    pub fn consumed_headers(&self, policy: &Policy) -> Vec<HeaderName> {
+        let mut names = policy
+            .sso
+            .as_ref()
+            .map(|sso| sso.header_names())
+            .unwrap_or_default();
         if let Some(credentials) = &self.credentials {
             names.extend(credentials.user_id_header().cloned());
         }
@@ -67,12 +78,8 @@ impl Shared {
         names
     }
 
-    pub fn sso(&self) -> Option<Arc<Sso>> {
-        self.sso.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn origins(&self) -> Arc<OriginPolicy> {
-        self.origins
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -127,8 +134,8 @@ pub async fn handle(
     request: Request<Incoming>,
     client: ClientInfo,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let origins = shared.origins();
-    let origin = origins.check(request.headers());
+    let policy = shared.policy();
+    let origin = policy.origins.check(request.headers());
     if origin == OriginCheck::Refused {
         return Ok(directline_error(
             StatusCode::FORBIDDEN,
@@ -143,8 +150,10 @@ pub async fn handle(
             "The Host header is not a valid host.",
         ));
     }
-    let mut response = route(&shared, request, &client).await;
-    origins.restrict_cors(&origin, response.headers_mut());
+    let mut response = route(&shared, &policy, request, &client).await;
+    policy
+        .origins
+        .restrict_cors(&origin, response.headers_mut());
     Ok(response)
 }
 
@@ -170,6 +179,7 @@ fn host_is_valid<B>(request: &Request<B>) -> bool {
 
 async fn route(
     shared: &Arc<Shared>,
+    policy: &Policy,
     request: Request<Incoming>,
     client: &ClientInfo,
 ) -> Response<ProxyBody> {
@@ -183,7 +193,7 @@ async fn route(
             "BadArgument",
             "Dot segments are not allowed in the path.",
         ),
-        (_, p) if p.starts_with(PREFIX) => directline(shared, request, client).await,
+        (_, p) if p.starts_with(PREFIX) => directline(shared, policy, request, client).await,
         _ => directline_error(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -230,6 +240,7 @@ fn readiness(shared: &Shared) -> Response<ProxyBody> {
 
 async fn directline(
     shared: &Shared,
+    policy: &Policy,
     mut request: Request<Incoming>,
     client: &ClientInfo,
 ) -> Response<ProxyBody> {
@@ -249,7 +260,8 @@ async fn directline(
                 ref conversation_id,
             } if stream::is_upgrade(&request) => {
                 // Counted as a WebSocket relay once the upgrade completes.
-                stream::upgrade(shared, conversation_id, sealed.as_deref(), request, client).await
+                let sealed = sealed.as_deref();
+                stream::upgrade(shared, policy, conversation_id, sealed, request, client).await
             }
             _ => {
                 let transport = match route {
@@ -257,7 +269,7 @@ async fn directline(
                     _ => Transport::Rest,
                 };
                 let _active = shared.metrics.connection(transport);
-                rest::relay(shared, &route, request, client).await
+                rest::relay(shared, policy, &route, request, client).await
             }
         };
         tracing::info!(

@@ -14,7 +14,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::proxy::Shared;
+use crate::origin::OriginPolicy;
+use crate::proxy::{Policy, Shared};
 use crate::sso::{Sso, SsoSetupError};
 use crate::tls::{self, TlsError};
 
@@ -77,15 +78,15 @@ impl Reloader {
         if let (Some(slot), Some(acceptor)) = (&self.tls, acceptor) {
             *slot.write().unwrap_or_else(|p| p.into_inner()) = acceptor;
         }
-        let origins = Arc::new(crate::origin::OriginPolicy::new(
-            &new.listen.allowed_origins,
-        ));
+        let policy = Arc::new(Policy {
+            origins: OriginPolicy::new(&new.listen.allowed_origins),
+            sso,
+        });
         *self
             .shared
-            .origins
+            .policy
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = origins;
-        *self.shared.sso.write().unwrap_or_else(|p| p.into_inner()) = sso;
+            .unwrap_or_else(|p| p.into_inner()) = policy;
         for warning in new.warnings() {
             tracing::warn!("{warning}");
         }

@@ -3,6 +3,8 @@
 //!
 //! Pure functions over bytes, so they are tested without sockets.
 
+use std::collections::BTreeMap;
+
 use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde_json::Value;
@@ -208,30 +210,42 @@ fn sign_in_id(content: &Value) -> Option<String> {
 /// dropped. An activity left with nothing to show is dropped too; untouched
 /// activities and everything outside the array keep their bytes.
 pub fn rewrite(set: &ActivitySet<'_>, findings: &Findings, exchanged: &[&OAuthCard]) -> Vec<u8> {
-    let mut parts: Vec<String> = Vec::with_capacity(set.activities.len());
-    for (index, raw) in set.activities.iter().enumerate() {
-        if findings.proxy_invokes.contains(&index) {
-            continue;
-        }
-        let removed: Vec<usize> = exchanged
-            .iter()
-            .filter(|c| c.activity == index)
-            .map(|c| c.attachment)
-            .collect();
-        let parsed = findings.parsed.iter().find(|(i, _)| *i == index);
-        match parsed {
-            Some((_, activity)) if !removed.is_empty() => {
-                if let Some(kept) = without_attachments(activity, &removed) {
-                    parts.push(kept.to_string());
-                }
-            }
-            _ => parts.push(raw.get().to_string()),
-        }
+    // Linear in the set: a client can fill a polled set with card-shaped
+    // activities, so nothing here may be quadratic in their number.
+    let mut removed: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for card in exchanged {
+        removed
+            .entry(card.activity)
+            .or_default()
+            .push(card.attachment);
     }
     let mut out = Vec::with_capacity(set.bytes.len());
     out.extend_from_slice(&set.bytes[..set.array.start]);
     out.push(b'[');
-    out.extend_from_slice(parts.join(",").as_bytes());
+    let mut first = true;
+    for (index, raw) in set.activities.iter().enumerate() {
+        if findings.proxy_invokes.binary_search(&index).is_ok() {
+            continue;
+        }
+        let parsed = findings
+            .parsed
+            .binary_search_by_key(&index, |(i, _)| *i)
+            .ok()
+            .map(|position| &findings.parsed[position].1);
+        let kept = match (parsed, removed.get(&index)) {
+            (Some(activity), Some(attachments)) => match without_attachments(activity, attachments)
+            {
+                Some(kept) => std::borrow::Cow::Owned(kept.to_string()),
+                None => continue,
+            },
+            _ => std::borrow::Cow::Borrowed(raw.get()),
+        };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(kept.as_bytes());
+    }
     out.push(b']');
     out.extend_from_slice(&set.bytes[set.array.end..]);
     out

@@ -26,7 +26,7 @@ use super::route::Route;
 use crate::body::{BoxError, ProxyBody, directline_error, full, json_response};
 use crate::config::DirectLineConfig;
 use crate::forward::{ClientInfo, X_FORWARDED_FOR, nearest_forwarded};
-use crate::sso::providers::bearer_value;
+use crate::sso::providers::{bearer_value, single_value};
 use crate::upstream::Upstream;
 
 /// A mint request body larger than this is not a Direct Line token request.
@@ -234,9 +234,9 @@ impl ServerCredentials {
     }
 
     fn bound_user_id(&self, headers: &HeaderMap, name: &HeaderName) -> Result<String, Refusal> {
-        let user = headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
+        // Exactly one: an ingress that appends rather than replaces must not
+        // let a client-sent value through.
+        let user = single_value(headers, name)
             .and_then(bearer_value)
             .ok_or(Refusal::NoUser)?;
         let tag = hmac::sign(&self.user_key, user.as_bytes());

@@ -16,7 +16,7 @@ use super::stream_url::{self, PublicBase};
 use crate::body::{BoxError, ProxyBody, directline_error, full, limited};
 use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::ErrorKind;
-use crate::proxy::Shared;
+use crate::proxy::{Policy, Shared};
 use crate::sso::{Access, Requester, Sso, seal};
 use crate::upstream::UpstreamError;
 
@@ -43,6 +43,7 @@ impl Treatment {
 
 pub async fn relay(
     shared: &Shared,
+    policy: &Policy,
     route: &Route,
     request: Request<Incoming>,
     client: &ClientInfo,
@@ -51,7 +52,7 @@ pub async fn relay(
     if let Some(response) = reject_oversized(shared, request.headers()) {
         return response;
     }
-    let treatment = treatment(shared, route, &request);
+    let treatment = treatment(shared, policy, route, &request);
     let body_limit = shared.config.limits.max_request_body_bytes;
     let mut request = request.map(|body| limited(body, body_limit));
     if let Some(credentials) = &shared.credentials
@@ -66,7 +67,7 @@ pub async fn relay(
             Err(refusal) => return refusal.into_response(),
         };
     }
-    let upstream_request = match upstream_request(shared, &treatment, request, client) {
+    let upstream_request = match upstream_request(shared, policy, &treatment, request, client) {
         Ok(req) => req,
         Err(error) => return error.to_response(),
     };
@@ -104,9 +105,14 @@ pub async fn relay(
     Response::from_parts(parts, body)
 }
 
-fn treatment<B>(shared: &Shared, route: &Route, request: &Request<B>) -> Treatment {
+fn treatment<B>(
+    shared: &Shared,
+    policy: &Policy,
+    route: &Route,
+    request: &Request<B>,
+) -> Treatment {
     let headers = request.headers();
-    match (route, shared.sso()) {
+    match (route, policy.sso.clone()) {
         (Route::StartConversation | Route::Reconnect { .. }, sso) => {
             let Some(public) = shared.public_base(request.uri(), headers) else {
                 return Treatment::Pass;
@@ -145,6 +151,7 @@ fn reject_oversized(shared: &Shared, headers: &HeaderMap) -> Option<Response<Pro
 
 fn upstream_request(
     shared: &Shared,
+    policy: &Policy,
     treatment: &Treatment,
     request: Request<ProxyBody>,
     client: &ClientInfo,
@@ -154,7 +161,7 @@ fn upstream_request(
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
-    for consumed in shared.consumed_headers() {
+    for consumed in shared.consumed_headers(policy) {
         parts.headers.remove(consumed);
     }
     if treatment.reads_body() {

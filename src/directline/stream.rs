@@ -22,7 +22,7 @@ use super::relay;
 use crate::body::{BoxError, ProxyBody, directline_error, empty};
 use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::{ErrorKind, Transport};
-use crate::proxy::Shared;
+use crate::proxy::{Policy, Shared};
 use crate::upstream::UpstreamError;
 
 /// Whether the request asks for a WebSocket upgrade (RFC 6455 section 4.2.1).
@@ -45,12 +45,13 @@ pub fn is_upgrade(request: &Request<Incoming>) -> bool {
 /// `sealed` is the stream's `dlpx` value, already taken out of the URI.
 pub async fn upgrade(
     shared: &Shared,
+    policy: &Policy,
     conversation_id: &str,
     sealed: Option<&str>,
     mut request: Request<Incoming>,
     client: &ClientInfo,
 ) -> Response<ProxyBody> {
-    let inspector = inspector_for(shared, conversation_id, sealed, &request);
+    let inspector = inspector_for(shared, policy, conversation_id, sealed, &request);
     let Some(client_key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return bad_handshake();
     };
@@ -63,7 +64,7 @@ pub async fn upgrade(
         );
     };
     let client_upgrade = hyper::upgrade::on(&mut request);
-    let upstream_request = match upstream_handshake(shared, request, client) {
+    let upstream_request = match upstream_handshake(shared, policy, request, client) {
         Ok(req) => req,
         Err(error) => return error.to_response(),
     };
@@ -99,11 +100,12 @@ pub async fn upgrade(
 /// context and the handshake's headers.
 fn inspector_for(
     shared: &Shared,
+    policy: &Policy,
     conversation_id: &str,
     sealed: Option<&str>,
     request: &Request<Incoming>,
 ) -> Inspector {
-    let Some(sso) = shared.sso() else {
+    let Some(sso) = policy.sso.clone() else {
         return Inspector::default();
     };
     let requester = shared.requester(request.headers());
@@ -131,6 +133,7 @@ fn bad_handshake() -> Response<ProxyBody> {
 
 fn upstream_handshake(
     shared: &Shared,
+    policy: &Policy,
     request: Request<Incoming>,
     client: &ClientInfo,
 ) -> Result<Request<ProxyBody>, UpstreamError> {
@@ -138,7 +141,7 @@ fn upstream_handshake(
     parts.uri = shared.upstream.url_for(&parts.uri)?;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
-    for consumed in shared.consumed_headers() {
+    for consumed in shared.consumed_headers(policy) {
         parts.headers.remove(consumed);
     }
     // Frames must stay readable: no compression extension is negotiated.

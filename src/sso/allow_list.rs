@@ -30,20 +30,23 @@ struct Target {
 
 impl Target {
     fn parse(entry: &str) -> Option<Target> {
-        let lower = entry.trim().to_ascii_lowercase();
-        let (plain_http, rest) = match lower.split_once("://") {
-            Some(("https", rest)) => (false, rest),
-            Some(("http", rest)) => (true, rest),
+        let entry = entry.trim();
+        let (plain_http, rest) = match entry.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (false, rest),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (true, rest),
             Some(_) => return None,
-            None => (false, lower.as_str()),
+            None => (false, entry),
         };
         let (authority, path) = match rest.find('/') {
             Some(slash) => rest.split_at(slash),
             None => (rest, ""),
         };
-        if authority.contains('@') || path.contains(['?', '#', '*', '\\', '%']) {
+        // The path keeps its case: servers compare paths case-sensitively.
+        let authority = authority.to_ascii_lowercase();
+        if authority.contains('@') || path.contains(['?', '#', '*', '\\', '%', ';']) {
             return None;
         }
+        let authority = authority.as_str();
         let (host, wildcard) = match authority.strip_prefix("*.") {
             Some(domain) => (domain, true),
             None => (authority, false),
@@ -127,7 +130,7 @@ impl AllowList {
         let host = authority.host().to_ascii_lowercase();
         let port = authority.port_u16().unwrap_or(default_port);
         let path = url.path();
-        if has_dot_segments(path) || has_encoded_separator(path) {
+        if has_dot_segments(path) || has_encoded_separator(path) || path.contains(';') {
             return false;
         }
         self.targets
@@ -217,6 +220,16 @@ mod tests {
         assert!(!permits(
             &list,
             "https://token.botframework.com/api/oauth/..%2Fadmin"
+        ));
+        assert!(!permits(
+            &list,
+            "https://token.botframework.com/api/oauth/..;/admin"
+        ));
+        let cased = allow(&["Token.Example.com/API/PostToken"]);
+        assert!(permits(&cased, "https://token.example.com/API/PostToken/x"));
+        assert!(!permits(
+            &cased,
+            "https://token.example.com/api/posttoken/x"
         ));
     }
 

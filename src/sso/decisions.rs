@@ -85,6 +85,15 @@ impl Decisions {
         })
     }
 
+    /// What was decided for `key`, if it was and is still remembered; never
+    /// starts a decision.
+    pub fn peek(&self, key: &Key) -> Option<bool> {
+        match self.lock().entries.get(key) {
+            Some(Entry::Done { success, at }) if at.elapsed() < self.ttl => Some(*success),
+            _ => None,
+        }
+    }
+
     fn finish(&self, key: &Key, success: bool) {
         let now = Instant::now();
         let mut inner = self.lock();
@@ -194,6 +203,19 @@ mod tests {
             decisions.begin(super::key("other", "a")),
             Begin::Lead(_)
         ));
+    }
+
+    #[test]
+    fn peeking_shows_what_was_decided_and_starts_nothing() {
+        let decisions = Decisions::new(Duration::from_secs(60), 10);
+        assert_eq!(decisions.peek(&key("a")), None);
+        assert_eq!(decisions.len(), 0, "a peek does not start a decision");
+        let Begin::Lead(lead) = decisions.begin(key("a")) else {
+            panic!("lead")
+        };
+        assert_eq!(decisions.peek(&key("a")), None, "pending is not decided");
+        lead.finish(true);
+        assert_eq!(decisions.peek(&key("a")), Some(true));
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub struct Sso {
     /// Shared across reloads: what was decided stays decided.
     decisions: Arc<Decisions>,
     sealer: Sealer,
+    /// `sso.require_owner`: without binding, an unknown owner decides nothing.
+    require_owner: bool,
     in_flight: InFlight,
     markers: Markers,
     timeout: Duration,
@@ -113,6 +115,7 @@ impl Sso {
             allow: AllowList::new(&config.token_post_allow_hosts),
             decisions,
             sealer: Sealer::new(&config.seal_keys, SEAL_LIFETIME)?,
+            require_owner: config.require_owner,
             in_flight: InFlight::default(),
             markers: Markers::default(),
             timeout: config.timeout(),
@@ -173,20 +176,19 @@ impl Sso {
     ) -> Access {
         let user_headers = self.capture_headers(request_headers);
         let opened = sealed.and_then(|sealed| self.open_stream_context(conversation_id, sealed));
-        let owner_matches = match &opened {
-            Some(Opened {
-                context:
-                    StreamContext {
-                        owner: Some(owner), ..
-                    },
-                key,
-            }) => match owner {
-                Owner::User(owner) => requester == Requester::Bound(Some(owner.clone())),
-                Owner::Inputs(fingerprint) => {
-                    self.sealer.fingerprint(*key, &user_headers).as_ref() == Some(fingerprint)
-                }
-            },
-            _ => true,
+        let sealed_owner = opened
+            .as_ref()
+            .and_then(|opened| Some((opened.context.owner.as_ref()?, opened.key)));
+        let owner_matches = match (sealed_owner, &requester) {
+            (Some((Owner::User(owner), _)), requester) => {
+                *requester == Requester::Bound(Some(owner.clone()))
+            }
+            (Some((Owner::Inputs(fingerprint), key)), _) => {
+                self.sealer.fingerprint(key, &user_headers).as_ref() == Some(fingerprint)
+            }
+            // With binding, a stream acts only for an owner its context names.
+            (None, Requester::Bound(_)) => false,
+            (None, Requester::Anonymous) => !self.require_owner,
         };
         Access {
             conversation_id: conversation_id.to_string(),
@@ -213,8 +215,10 @@ impl Sso {
             conversation_id: conversation_id.to_string(),
             token,
             user_headers: self.capture_headers(request_headers),
+            // A poll has no sealed context: its owner is known only
+            // through binding (the card's recipient).
+            owner_matches: !(self.require_owner && requester == Requester::Anonymous),
             requester,
-            owner_matches: true,
         }
     }
 
@@ -261,6 +265,15 @@ impl Sso {
             }
             return false;
         };
+        if card_id.len() <= MAX_CARD_ID_BYTES
+            && self
+                .decisions
+                .peek(&decisions::key(&access.conversation_id, card_id))
+                == Some(true)
+        {
+            // Already exchanged: removing it again spends no credentials.
+            return true;
+        }
         if let Some(refusal) = self.precondition(access, card, card_id) {
             self.refused(access, flow, refusal);
             return false;
@@ -299,10 +312,12 @@ impl Sso {
             "sso decision"
         );
         let success = outcome == Outcome::Success;
-        if !success && self.fell_back(card, access) {
-            // Token post stood in for an invoke this stream could not make:
-            // its failure is no verdict on the card, a poll or a stream with
-            // the conversation token may still exchange it.
+        if !success && outcome.sent_nothing() && self.fell_back(card, access) {
+            // Token post stood in for an invoke this stream could not make,
+            // and no token went anywhere: that is no verdict on the card, a
+            // poll or a stream with the conversation token may still
+            // exchange it. Once a post may have gone out, the card is
+            // decided (bots do not de-duplicate).
             lead.abandon();
         } else {
             lead.finish(success);

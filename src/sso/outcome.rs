@@ -29,6 +29,20 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Whether the decision ended before any token left the proxy.
+    pub fn sent_nothing(self) -> bool {
+        matches!(
+            self,
+            Outcome::NoToken
+                | Outcome::ProviderError
+                | Outcome::NotAllowed
+                | Outcome::NoContext
+                | Outcome::PrincipalMismatch
+                | Outcome::ResourceNotAllowed
+                | Outcome::OverLimit
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Success => "success",

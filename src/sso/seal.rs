@@ -141,20 +141,23 @@ impl Sealer {
     }
 
     /// A keyed digest of the provider's inputs in a user's request (the
-    /// headers it reads, in its order), or `None` when there are none. Keyed,
-    /// so that it says nothing about a cookie to whoever sees it.
+    /// headers it reads), or `None` when there are none. Keyed, so that it
+    /// says nothing about a cookie to whoever sees it. Cookies are compared
+    /// as a set of pairs: an h2 request may split them over several header
+    /// fields, a WebSocket upgrade joins them in one, in any order.
     pub fn fingerprint(&self, key: KeyId, inputs: &HeaderMap) -> Option<String> {
         if inputs.is_empty() {
             return None;
         }
         let mut context = hmac::Context::with_key(self.fingerprint_keys.get(key.0)?);
-        for name in inputs.keys() {
-            for value in inputs.get_all(name) {
-                context.update(name.as_str().as_bytes());
-                context.update(b":");
-                context.update(&(value.len() as u64).to_be_bytes());
-                context.update(value.as_bytes());
-            }
+        let mut names: Vec<&http::HeaderName> = inputs.keys().collect();
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        for name in names {
+            let value = canonical_value(name, inputs);
+            context.update(name.as_str().as_bytes());
+            context.update(b":");
+            context.update(&(value.len() as u64).to_be_bytes());
+            context.update(&value);
         }
         Some(URL_SAFE_NO_PAD.encode(context.sign().as_ref()))
     }
@@ -220,6 +223,24 @@ impl Sealer {
             context: sealed.context,
             key,
         })
+    }
+}
+
+/// A header's values as one byte string: cookie pairs sorted and
+/// de-duplicated, other headers' values in order, comma-separated.
+fn canonical_value(name: &http::HeaderName, inputs: &HeaderMap) -> Vec<u8> {
+    let values = inputs.get_all(name).iter().map(|v| v.as_bytes());
+    if name == http::header::COOKIE {
+        let mut pairs: Vec<&[u8]> = values
+            .flat_map(|v| v.split(|b| *b == b';'))
+            .map(<[u8]>::trim_ascii)
+            .filter(|pair| !pair.is_empty())
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        pairs.join(&b"; "[..])
+    } else {
+        values.collect::<Vec<_>>().join(&b", "[..])
     }
 }
 
@@ -363,6 +384,21 @@ mod tests {
         let reopened = rotated.open("c", &sealed).expect("opens");
         assert_eq!(rotated.fingerprint(reopened.key, &cookie), Some(made));
         assert_eq!(old.fingerprint(KeyId::SEALING, &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn cookies_split_or_reordered_have_one_fingerprint() {
+        let sealer = Sealer::new(&[key(1)], HOUR).expect("sealer");
+        let mut joined = HeaderMap::new();
+        joined.insert("cookie", "a=1; session=v".parse().expect("value"));
+        let mut split = HeaderMap::new();
+        split.append("cookie", "session=v".parse().expect("value"));
+        split.append("cookie", "a=1".parse().expect("value"));
+        let mut other = HeaderMap::new();
+        other.insert("cookie", "a=1; session=w".parse().expect("value"));
+        let print = |h: &HeaderMap| sealer.fingerprint(KeyId::SEALING, h);
+        assert_eq!(print(&joined), print(&split));
+        assert_ne!(print(&joined), print(&other));
     }
 
     #[test]

@@ -985,3 +985,216 @@ async fn a_reload_that_turns_on_a_cookie_provider_brings_its_allowed_origins_alo
     assert!(provider.seen().is_empty());
     stack.shutdown().await;
 }
+
+/// The id the proxy binds `user` to: `dl_` and the first 16 bytes of
+/// HMAC-SHA256(secret, user) in hex.
+fn bound_id(user: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"emulator-secret");
+    let tag = ring::hmac::sign(&key, user.as_bytes());
+    let hex: String = tag.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("dl_{hex}")
+}
+
+#[tokio::test]
+async fn with_binding_a_stream_whose_context_names_no_owner_decides_nothing() {
+    let provider = auth_api().await;
+    let stack = trust_stack(|c| {
+        cookie_sso(c, provider.url("/bot-token"));
+        with_binding(c);
+    })
+    .await;
+    // Started with a token the attacker brought, without the user header:
+    // the sealed context names no owner.
+    let attacker = stack.start_conversation().await;
+    let mut victim = ws_open(
+        &attacker.stream_url,
+        &[
+            (USER_HEADER, "victim@example.com"),
+            ("cookie", VICTIM_COOKIE),
+        ],
+    )
+    .await
+    .expect("handshake");
+    next_activity_set(&mut victim).await;
+    // A card addressed to the victim's bound id, as the bot would send it
+    // to a user id the attacker claimed on an unbound token.
+    let frame = json!({
+        "activities": [{
+            "type": "message", "id": "a|1",
+            "recipient": {"id": bound_id("victim@example.com")},
+            "attachments": [{"contentType": OAUTH_CARD, "content": {
+                "connectionName": "AAD",
+                "tokenExchangeResource": {"id": "prompt-1", "uri": EXCHANGE_URI},
+            }}],
+        }],
+    })
+    .to_string();
+    assert!(
+        stack
+            .emulator
+            .send_stream_message(&attacker.id, Message::Text(frame.clone().into()))
+            .await
+    );
+    assert_eq!(next_message(&mut victim).await, Message::Text(frame.into()));
+    assert!(provider.seen().is_empty(), "no provider call");
+    assert_victim_untouched(&stack, &provider, &attacker.id);
+    assert_eq!(decisions_counted(&stack, "principal_mismatch").await, 1);
+    stack.shutdown().await;
+}
+
+fn require_owner(config: &mut Config) {
+    config.sso.require_owner = true;
+}
+
+#[tokio::test]
+async fn with_require_owner_a_start_without_the_cookie_leaves_the_stream_deciding_nothing() {
+    let provider = auth_api().await;
+    let stack = trust_stack(|c| {
+        cookie_sso(c, provider.url("/bot-token"));
+        require_owner(c);
+    })
+    .await;
+    // The attacker starts without any cookie, so no owner is sealed.
+    let attacker = start_as(&stack, &[]).await;
+    let mut victim = ws_open(
+        &attacker.stream_url,
+        &[("origin", PAGE_ORIGIN), ("cookie", VICTIM_COOKIE)],
+    )
+    .await
+    .expect("handshake");
+    say(&stack, &attacker, "signin").await;
+    card_arrives(&mut victim).await;
+    assert!(provider.seen().is_empty(), "no provider call");
+    assert_victim_untouched(&stack, &provider, &attacker.id);
+    assert_eq!(decisions_counted(&stack, "principal_mismatch").await, 1);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_require_owner_stripping_the_context_does_not_fall_back_to_a_token_post() {
+    let provider = auth_api().await;
+    let stack = trust_stack(|c| {
+        cookie_sso(c, provider.url("/bot-token"));
+        crate::sso::allow_emulator_token_post(c);
+        require_owner(c);
+    })
+    .await;
+    let attacker = start_as(&stack, &[("cookie", ATTACKER_COOKIE)]).await;
+    let (stripped, _) = crate::common::without_query_param(&attacker.stream_url, "dlpx");
+    let mut victim = ws_open(
+        &stripped,
+        &[("origin", PAGE_ORIGIN), ("cookie", VICTIM_COOKIE)],
+    )
+    .await
+    .expect("handshake");
+    say(&stack, &attacker, "signin").await;
+    card_arrives(&mut victim).await;
+    assert!(provider.seen().is_empty(), "no provider call");
+    assert!(stack.emulator.token_posts_received().is_empty());
+    assert_victim_untouched(&stack, &provider, &attacker.id);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_require_owner_a_poll_without_binding_decides_nothing_and_the_owner_still_signs_in() {
+    let provider = auth_api().await;
+    let stack = Stack::start_with(
+        directline_proxy::emulator::EmulatorConfig {
+            keepalive_interval: None,
+            accepted_sso_tokens: vec![VICTIM_TOKEN.into()],
+            ..Default::default()
+        },
+        |c| {
+            cookie_sso(c, provider.url("/bot-token"));
+            require_owner(c);
+        },
+    )
+    .await;
+    let attacker = start_as(&stack, &[("cookie", ATTACKER_COOKIE)]).await;
+    say(&stack, &attacker, "signin exchange").await;
+    let auth = format!("Bearer {}", attacker.token);
+    let poll = stack
+        .http
+        .send(
+            Method::GET,
+            &attacker.url("/activities"),
+            &[("authorization", &auth), ("cookie", VICTIM_COOKIE)],
+            Bytes::new(),
+        )
+        .await;
+    let activities = poll.json()["activities"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(activities.iter().any(is_oauth_card), "the card is shown");
+    assert!(provider.seen().is_empty(), "no provider call");
+    assert_victim_untouched(&stack, &provider, &attacker.id);
+
+    // The owner's own stream, with the cookie it started with, signs in.
+    let owner = start_as(&stack, &[("cookie", VICTIM_COOKIE)]).await;
+    let mut ws = ws_open(
+        &owner.stream_url,
+        &[("origin", PAGE_ORIGIN), ("cookie", VICTIM_COOKIE)],
+    )
+    .await
+    .expect("stream");
+    say(&stack, &owner, "signin exchange").await;
+    let seen = activities_until(&mut ws, SIGNED_IN).await;
+    assert!(!seen.iter().any(is_oauth_card));
+    assert_eq!(stack.emulator.invokes_received(&owner.id).len(), 1);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_repeated_user_header_names_nobody() {
+    let provider = auth_api().await;
+    let stack = trust_stack(|c| {
+        cookie_sso(c, provider.url("/bot-token"));
+        with_binding(c);
+    })
+    .await;
+    // An ingress that appends instead of replacing: the client's value first.
+    let status = stack
+        .http
+        .send(
+            Method::POST,
+            &stack.proxy_url("/v3/directline/tokens/generate"),
+            &[
+                (USER_HEADER, "victim@example.com"),
+                (USER_HEADER, "attacker@example.com"),
+            ],
+            Bytes::new(),
+        )
+        .await
+        .status;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(stack.emulator.requests().is_empty(), "nothing was minted");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_token_post_that_may_have_gone_out_is_not_tried_again_by_a_poll() {
+    let stack = Stack::start_with(quiet_emulator(), |c| {
+        // The bot's token endpoint refuses this token: the post goes out
+        // and fails.
+        static_provider(c, "not-accepted");
+    })
+    .await;
+    let conv = stack.start_conversation().await;
+    let (without, _) = crate::common::without_query_param(&conv.stream_url, "dlpx");
+    let mut ws = ws_connect(&without).await;
+    say(&stack, &conv, "signin").await;
+    card_arrives(&mut ws).await;
+    assert_eq!(stack.emulator.token_posts_received().len(), 1);
+    // A poll could invoke (it has the conversation token), but the card
+    // was decided once a token left the proxy.
+    let polled = conv.poll(&stack.http, None).await.json();
+    let activities = polled["activities"].as_array().cloned().unwrap_or_default();
+    assert!(activities.iter().any(is_oauth_card), "the card is shown");
+    assert!(stack.emulator.invokes_received(&conv.id).is_empty());
+    assert_eq!(stack.emulator.token_posts_received().len(), 1);
+    stack.shutdown().await;
+}

@@ -14,13 +14,25 @@ pub fn header_name(
         .map_err(|_| ProviderSetupError::Invalid("sso.header.name"))
 }
 
+/// The token in the one `name` header of the user's request. A repeated
+/// header is refused: an ingress that appends instead of replacing would
+/// otherwise let the client's own value through.
 pub fn token_from(headers: &HeaderMap, name: &HeaderName) -> Result<String, ProviderError> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
+    single_value(headers, name)
         .and_then(bearer_value)
         .map(str::to_string)
-        .ok_or_else(|| ProviderError::NoToken(format!("the request has no {name} header")))
+        .ok_or_else(|| {
+            ProviderError::NoToken(format!("the request has no single usable {name} header"))
+        })
+}
+
+/// The value of a header that appears exactly once, as text.
+pub fn single_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => value.to_str().ok(),
+        _ => None,
+    }
 }
 
 /// The token of a header value, with an optional `Bearer ` prefix removed.

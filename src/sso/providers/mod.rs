@@ -10,7 +10,7 @@ use thiserror::Error;
 use crate::config::SsoConfig;
 use crate::upstream::HttpClient;
 
-pub use self::header::bearer_value;
+pub use self::header::{bearer_value, single_value};
 
 /// What the provider is asked for: the token of this conversation's user,
 /// for this card.
