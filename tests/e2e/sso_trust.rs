@@ -180,6 +180,59 @@ async fn wait_until(condition: impl Fn() -> bool) {
     }
 }
 
+/// Sends `frame` from the bot and checks it reaches the client as it was.
+async fn frame_passes_unchanged(stack: &Stack, conversation_id: &str, ws: &mut Ws, frame: String) {
+    let sent = stack
+        .emulator
+        .send_stream_message(conversation_id, Message::Text(frame.clone().into()))
+        .await;
+    assert!(sent, "the emulator had no open stream");
+    assert_eq!(next_message(ws).await, Message::Text(frame.into()));
+}
+
+/// The card went out unchanged, nobody's credentials were spent on it, and
+/// the refusal was counted as a principal mismatch.
+async fn assert_refused_for_the_victim(stack: &Stack, provider: &Endpoint, conversation_id: &str) {
+    assert!(provider.seen().is_empty(), "no provider call");
+    assert_victim_untouched(stack, provider, conversation_id);
+    assert_eq!(decisions_counted(stack, "principal_mismatch").await, 1);
+}
+
+/// The cookie SSO stack whose bot accepts the victim's token: for tests
+/// where the rightful owner signs in.
+async fn victim_signs_in_stack(provider: &Endpoint, adjust: impl FnOnce(&mut Config)) -> Stack {
+    let emulator = directline_proxy::emulator::EmulatorConfig {
+        keepalive_interval: None,
+        accepted_sso_tokens: vec![VICTIM_TOKEN.into()],
+        ..Default::default()
+    };
+    let url = provider.url("/bot-token");
+    Stack::start_with(emulator, move |c| {
+        cookie_sso(c, url);
+        adjust(c);
+    })
+    .await
+}
+
+/// The victim's browser, on an allowed page, opens `stream_url` with the
+/// victim's cookie; then `command` makes the bot send a card to the
+/// attacker's conversation, and the victim's socket receives it.
+async fn victim_page_sees_the_card(
+    stack: &Stack,
+    attacker: &Conversation,
+    stream_url: &str,
+    command: &str,
+) {
+    let mut victim = ws_open(
+        stream_url,
+        &[("origin", PAGE_ORIGIN), ("cookie", VICTIM_COOKIE)],
+    )
+    .await
+    .expect("handshake");
+    say(stack, attacker, command).await;
+    card_arrives(&mut victim).await;
+}
+
 async fn say(stack: &Stack, conv: &Conversation, text: &str) {
     assert_eq!(conv.say(&stack.http, text).await.status, StatusCode::OK);
 }
@@ -355,27 +408,14 @@ async fn with_binding_the_victims_poll_of_the_attackers_conversation_decides_not
         .cloned()
         .unwrap_or_default();
     assert!(activities.iter().any(is_oauth_card), "the card is shown");
-    assert!(provider.seen().is_empty(), "no provider call");
-    assert_victim_untouched(&stack, &provider, &attacker.id);
-    assert_eq!(decisions_counted(&stack, "principal_mismatch").await, 1);
+    assert_refused_for_the_victim(&stack, &provider, &attacker.id).await;
     stack.shutdown().await;
 }
 
 #[tokio::test]
 async fn with_binding_the_owner_still_signs_in_on_stream_and_poll() {
     let provider = auth_api().await;
-    let stack = Stack::start_with(
-        directline_proxy::emulator::EmulatorConfig {
-            keepalive_interval: None,
-            accepted_sso_tokens: vec![VICTIM_TOKEN.into()],
-            ..Default::default()
-        },
-        |c| {
-            cookie_sso(c, provider.url("/bot-token"));
-            with_binding(c);
-        },
-    )
-    .await;
+    let stack = victim_signs_in_stack(&provider, with_binding).await;
     let user = [
         (USER_HEADER, "victim@example.com"),
         ("cookie", VICTIM_COOKIE),
@@ -403,32 +443,15 @@ async fn without_binding_the_start_fingerprint_keeps_another_cookie_out() {
     // The attacker starts with their own session; the victim's browser, on
     // an allowed page, is made to open the attacker's stream.
     let attacker = start_as(&stack, &[("cookie", ATTACKER_COOKIE)]).await;
-    let mut victim = ws_open(
-        &attacker.stream_url,
-        &[("origin", PAGE_ORIGIN), ("cookie", VICTIM_COOKIE)],
-    )
-    .await
-    .expect("handshake");
-    say(&stack, &attacker, "signin exchange").await;
-    card_arrives(&mut victim).await;
-    assert!(provider.seen().is_empty(), "no provider call");
-    assert_victim_untouched(&stack, &provider, &attacker.id);
-    assert_eq!(decisions_counted(&stack, "principal_mismatch").await, 1);
+    victim_page_sees_the_card(&stack, &attacker, &attacker.stream_url, "signin exchange").await;
+    assert_refused_for_the_victim(&stack, &provider, &attacker.id).await;
     stack.shutdown().await;
 }
 
 #[tokio::test]
 async fn without_binding_the_same_cookie_on_start_and_stream_signs_in() {
     let provider = auth_api().await;
-    let stack = Stack::start_with(
-        directline_proxy::emulator::EmulatorConfig {
-            keepalive_interval: None,
-            accepted_sso_tokens: vec![VICTIM_TOKEN.into()],
-            ..Default::default()
-        },
-        |c| cookie_sso(c, provider.url("/bot-token")),
-    )
-    .await;
+    let stack = victim_signs_in_stack(&provider, |_| {}).await;
     let conv = start_as(&stack, &[("cookie", VICTIM_COOKIE)]).await;
     let mut ws = ws_open(
         &conv.stream_url,
@@ -543,13 +566,7 @@ async fn a_card_with_a_huge_id_is_not_decided() {
         "watermark": "5",
     })
     .to_string();
-    assert!(
-        stack
-            .emulator
-            .send_stream_message(&attacker.id, Message::Text(frame.clone().into()))
-            .await
-    );
-    assert_eq!(next_message(&mut ws).await, Message::Text(frame.into()));
+    frame_passes_unchanged(&stack, &attacker.id, &mut ws, frame).await;
     assert!(provider.seen().is_empty(), "no provider call");
     assert!(stack.emulator.invokes_received(&attacker.id).is_empty());
     assert_eq!(decisions_counted(&stack, "over_limit").await, 1);
@@ -582,15 +599,7 @@ async fn many_cards_in_one_set_start_only_a_few_decisions() {
         })
         .collect();
     let frame = json!({ "activities": cards, "watermark": "9" }).to_string();
-    assert!(
-        stack
-            .emulator
-            .send_stream_message(&conv.id, Message::Text(frame.clone().into()))
-            .await
-    );
-    // The bot has no prompt waiting, so every invoke is refused and every
-    // card is shown: the set arrives as it was sent.
-    assert_eq!(next_message(&mut ws).await, Message::Text(frame.into()));
+    frame_passes_unchanged(&stack, &conv.id, &mut ws, frame).await;
     let per_set = directline_proxy::sso::limits::PER_SET;
     assert_eq!(provider.seen().len(), per_set);
     assert_eq!(stack.emulator.invokes_received(&conv.id).len(), per_set);
@@ -811,13 +820,7 @@ async fn a_token_post_goes_nowhere_but_the_allowed_port_and_path() {
             }],
         })
         .to_string();
-        assert!(
-            stack
-                .emulator
-                .send_stream_message(&conv.id, Message::Text(frame.clone().into()))
-                .await
-        );
-        assert_eq!(next_message(&mut ws).await, Message::Text(frame.into()));
+        frame_passes_unchanged(&stack, &conv.id, &mut ws, frame).await;
     }
     assert!(
         internal.seen().is_empty(),
@@ -1032,16 +1035,8 @@ async fn with_binding_a_stream_whose_context_names_no_owner_decides_nothing() {
         }],
     })
     .to_string();
-    assert!(
-        stack
-            .emulator
-            .send_stream_message(&attacker.id, Message::Text(frame.clone().into()))
-            .await
-    );
-    assert_eq!(next_message(&mut victim).await, Message::Text(frame.into()));
-    assert!(provider.seen().is_empty(), "no provider call");
-    assert_victim_untouched(&stack, &provider, &attacker.id);
-    assert_eq!(decisions_counted(&stack, "principal_mismatch").await, 1);
+    frame_passes_unchanged(&stack, &attacker.id, &mut victim, frame).await;
+    assert_refused_for_the_victim(&stack, &provider, &attacker.id).await;
     stack.shutdown().await;
 }
 
@@ -1059,17 +1054,8 @@ async fn with_require_owner_a_start_without_the_cookie_leaves_the_stream_decidin
     .await;
     // The attacker starts without any cookie, so no owner is sealed.
     let attacker = start_as(&stack, &[]).await;
-    let mut victim = ws_open(
-        &attacker.stream_url,
-        &[("origin", PAGE_ORIGIN), ("cookie", VICTIM_COOKIE)],
-    )
-    .await
-    .expect("handshake");
-    say(&stack, &attacker, "signin").await;
-    card_arrives(&mut victim).await;
-    assert!(provider.seen().is_empty(), "no provider call");
-    assert_victim_untouched(&stack, &provider, &attacker.id);
-    assert_eq!(decisions_counted(&stack, "principal_mismatch").await, 1);
+    victim_page_sees_the_card(&stack, &attacker, &attacker.stream_url, "signin").await;
+    assert_refused_for_the_victim(&stack, &provider, &attacker.id).await;
     stack.shutdown().await;
 }
 
@@ -1084,35 +1070,16 @@ async fn with_require_owner_stripping_the_context_does_not_fall_back_to_a_token_
     .await;
     let attacker = start_as(&stack, &[("cookie", ATTACKER_COOKIE)]).await;
     let (stripped, _) = crate::common::without_query_param(&attacker.stream_url, "dlpx");
-    let mut victim = ws_open(
-        &stripped,
-        &[("origin", PAGE_ORIGIN), ("cookie", VICTIM_COOKIE)],
-    )
-    .await
-    .expect("handshake");
-    say(&stack, &attacker, "signin").await;
-    card_arrives(&mut victim).await;
-    assert!(provider.seen().is_empty(), "no provider call");
+    victim_page_sees_the_card(&stack, &attacker, &stripped, "signin").await;
     assert!(stack.emulator.token_posts_received().is_empty());
-    assert_victim_untouched(&stack, &provider, &attacker.id);
+    assert_refused_for_the_victim(&stack, &provider, &attacker.id).await;
     stack.shutdown().await;
 }
 
 #[tokio::test]
 async fn with_require_owner_a_poll_without_binding_decides_nothing_and_the_owner_still_signs_in() {
     let provider = auth_api().await;
-    let stack = Stack::start_with(
-        directline_proxy::emulator::EmulatorConfig {
-            keepalive_interval: None,
-            accepted_sso_tokens: vec![VICTIM_TOKEN.into()],
-            ..Default::default()
-        },
-        |c| {
-            cookie_sso(c, provider.url("/bot-token"));
-            require_owner(c);
-        },
-    )
-    .await;
+    let stack = victim_signs_in_stack(&provider, require_owner).await;
     let attacker = start_as(&stack, &[("cookie", ATTACKER_COOKIE)]).await;
     say(&stack, &attacker, "signin exchange").await;
     let auth = format!("Bearer {}", attacker.token);
