@@ -125,6 +125,22 @@ impl Stack {
         Conversation::start(&self.http, &self.proxy.base_url(), self.emulator.secret()).await
     }
 
+    /// A conversation started through the proxy without credentials (the
+    /// proxy holds the secret), with `headers` on the start request.
+    pub async fn start_conversation_as(&self, headers: &[(&str, &str)]) -> Conversation {
+        let reply = self
+            .http
+            .send(
+                Method::POST,
+                &self.proxy_url("/v3/directline/conversations"),
+                headers,
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        Conversation::from_reply(&self.proxy.base_url(), &reply.json())
+    }
+
     pub async fn shutdown(self) {
         self.proxy.shutdown().await;
         self.emulator.shutdown().await;
@@ -244,7 +260,11 @@ impl Conversation {
             )
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
-        let json = reply.json();
+        Conversation::from_reply(base, &reply.json())
+    }
+
+    /// From a start-conversation answer, for a client talking to `base`.
+    pub fn from_reply(base: &str, json: &Value) -> Conversation {
         Conversation {
             base: base.to_string(),
             id: json["conversationId"]
