@@ -119,6 +119,11 @@ struct ErrorLabels {
     kind: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct QuotaLabels {
+    quota: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// 1 ms to about 33 s.
@@ -141,6 +146,7 @@ pub struct Metrics {
     provider_duration: HistogramFamily<ProviderLabels>,
     errors: Family<ErrorLabels, Counter>,
     reloads: Family<OutcomeLabels, Counter>,
+    quota_rejections: Family<QuotaLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -167,6 +173,7 @@ impl Metrics {
             provider_duration: Family::new_with_constructor(histogram),
             errors: Family::default(),
             reloads: Family::default(),
+            quota_rejections: Family::default(),
         };
         metrics.register()
     }
@@ -237,6 +244,11 @@ impl Metrics {
             "config_reloads",
             "Config reloads by outcome (applied, rejected)",
             self.reloads.clone(),
+        );
+        r.register(
+            "quota_rejections",
+            "Requests answered 429 by quota (mint, conversations, activities, streams)",
+            self.quota_rejections.clone(),
         );
         r.register(
             "build",
@@ -321,6 +333,12 @@ impl Metrics {
         self.provider_duration
             .get_or_create(&ProviderLabels { provider })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn quota_rejected(&self, quota: &'static str) {
+        self.quota_rejections
+            .get_or_create(&QuotaLabels { quota })
+            .inc();
     }
 
     pub fn config_reload(&self, applied: bool) {
