@@ -334,7 +334,7 @@ async fn serve_http<I, S, F>(
                 .serve_connection(io, service)
                 .with_upgrades();
             let shutdown = hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown;
-            supervise(connection, shutdown, &idle, &closing).await;
+            supervise(connection, shutdown, &idle, &closing, limits.header_read).await;
         }
         Protocol::Http2 => {
             let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -345,23 +345,27 @@ async fn serve_http<I, S, F>(
                 .max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
                 .serve_connection(io, service);
             let shutdown = hyper::server::conn::http2::Connection::graceful_shutdown;
-            supervise(connection, shutdown, &idle, &closing).await;
+            supervise(connection, shutdown, &idle, &closing, limits.header_read).await;
         }
     }
 }
 
 /// Runs `connection` to its end; `graceful_shutdown` asks it to finish what
-/// it has in flight and close.
+/// it has in flight and close. An idle connection asked to close gets
+/// `grace` to do so (an h2 peer that never answers the GOAWAY's ping would
+/// otherwise keep its slot), then it is dropped.
 async fn supervise<C>(
     connection: C,
     graceful_shutdown: fn(std::pin::Pin<&mut C>),
     idle: &Idle,
     closing: &CancellationToken,
+    grace: Duration,
 ) where
     C: Future<Output = hyper::Result<()>>,
 {
     let mut connection = std::pin::pin!(connection);
     let mut closed = false;
+    let mut dropped_at: Option<Instant> = None;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -378,8 +382,20 @@ async fn supervise<C>(
                 tracing::debug!("connection closed: idle or no request in time");
                 graceful_shutdown(connection.as_mut());
                 closed = true;
+                dropped_at = Some(Instant::now() + grace);
+            }
+            () = sleep_until_some(dropped_at) => {
+                tracing::debug!("connection dropped: it did not close in time");
+                return;
             }
         }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod credentials;
 mod failures;
+mod hardening;
 mod metrics;
 mod reload;
 mod shutdown;
