@@ -147,6 +147,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     reloads: Family<OutcomeLabels, Counter>,
     quota_rejections: Family<QuotaLabels, Counter>,
+    tasks_alive: Gauge,
 }
 
 impl Default for Metrics {
@@ -174,6 +175,7 @@ impl Metrics {
             errors: Family::default(),
             reloads: Family::default(),
             quota_rejections: Family::default(),
+            tasks_alive: Gauge::default(),
         };
         metrics.register()
     }
@@ -246,6 +248,11 @@ impl Metrics {
             self.reloads.clone(),
         );
         r.register(
+            "tasks_alive",
+            "Tokio tasks alive in the proxy's runtime (a leak shows as steady growth)",
+            self.tasks_alive.clone(),
+        );
+        r.register(
             "quota_rejections",
             "Requests answered 429 by quota (mint, conversations, activities, streams)",
             self.quota_rejections.clone(),
@@ -260,6 +267,10 @@ impl Metrics {
 
     /// The exposition text.
     pub fn encode(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.tasks_alive.set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         let mut text = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::warn!(%error, "metrics could not be encoded");
