@@ -269,7 +269,8 @@ impl Metrics {
     pub fn encode(&self) -> String {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let alive = runtime.metrics().num_alive_tasks();
-            self.tasks_alive.set(i64::try_from(alive).unwrap_or(i64::MAX));
+            self.tasks_alive
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
         }
         let mut text = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
