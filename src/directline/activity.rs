@@ -217,9 +217,12 @@ fn is_proxy_invoke(activity: &Value) -> bool {
 
 /// Whether the activity is the echo of something the user posted: cards in
 /// those are the user's, not the bot's, and are never acted on (a user could
-/// otherwise aim the proxy at a `sasUrl` of their choosing). Direct Line user
-/// ids start with `dl_`; clients mark their own activities with
-/// `role: "user"` or a `clientActivityID`.
+/// otherwise aim the proxy at a `sasUrl` of their choosing). Best effort:
+/// `dl_` is the prefix reserved for user ids embedded in tokens (the proxy's
+/// own binding always uses it), but sites bind ids of any shape; Web Chat
+/// marks what it posts with `role: "user"` and a `clientActivityID`, other
+/// clients may not. Where it matters, binding decides: a card is decided
+/// only for the bound user it is addressed to.
 fn sent_by_user(activity: &Value) -> bool {
     let from = &activity["from"];
     from["role"] == "user"
