@@ -46,7 +46,8 @@ enum Command {
         /// Behave like the real service's rougher edges: indented JSON with
         /// `\/` escapes, gzip when accepted, `permessage-deflate` accepted
         /// when offered, GUID user ids. For testing what sits in front (the
-        /// proxy); a browser talking to it directly must not offer deflate.
+        /// proxy, which never passes the offer on): a browser connecting
+        /// directly would negotiate compression the emulator cannot read.
         #[arg(long)]
         rough: bool,
     },

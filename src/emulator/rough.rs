@@ -10,8 +10,9 @@
 //! - A WebSocket handshake that offers `permessage-deflate` gets it
 //!   accepted. The emulator never compresses what it sends (RFC 7692 lets
 //!   each message choose) and cannot read compressed messages
-//!   (tungstenite has no deflate): a client must not offer it. The proxy
-//!   never passes a client's offer on, which is what this tests.
+//!   (tungstenite has no deflate), so a browser connecting directly would
+//!   break it. The proxy never passes a client's offer on, which is what
+//!   this tests.
 //! - A conversation started without a user id gets a GUID, not `dl_...`.
 //!
 //! [`EmulatorConfig::rough`]: super::EmulatorConfig::rough
