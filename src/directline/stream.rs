@@ -129,6 +129,20 @@ pub async fn upgrade(
             "The Direct Line stream handshake failed.",
         );
     }
+    if upstream_response
+        .headers()
+        .contains_key(header::SEC_WEBSOCKET_EXTENSIONS)
+    {
+        // The proxy never offers one (RFC 6455 section 4.1: the client must
+        // then fail the connection), and could not read compressed frames.
+        tracing::warn!("upstream accepted a WebSocket extension the proxy never offered");
+        shared.metrics.error(ErrorKind::WebsocketHandshake);
+        return directline_error(
+            StatusCode::BAD_GATEWAY,
+            "BadGateway",
+            "The Direct Line stream handshake failed.",
+        );
+    }
     let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
     let response = client_switching_protocols(upstream_response);
     let held = Held {
@@ -206,7 +220,6 @@ fn upstream_handshake(
 fn client_switching_protocols(upstream: Response<Incoming>) -> Response<ProxyBody> {
     let (mut parts, _body) = upstream.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

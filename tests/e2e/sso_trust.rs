@@ -180,9 +180,8 @@ async fn assert_refused_for_the_victim(stack: &Stack, provider: &Endpoint, conve
 /// where the rightful owner signs in.
 async fn victim_signs_in_stack(provider: &Endpoint, adjust: impl FnOnce(&mut Config)) -> Stack {
     let emulator = directline_proxy::emulator::EmulatorConfig {
-        keepalive_interval: None,
         accepted_sso_tokens: vec![VICTIM_TOKEN.into()],
-        ..Default::default()
+        ..quiet_emulator()
     };
     let url = provider.url("/bot-token");
     Stack::start_with(emulator, move |c| {
