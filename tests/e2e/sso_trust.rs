@@ -210,6 +210,24 @@ async fn victim_page_sees_the_card(
     card_arrives(&mut victim).await;
 }
 
+/// The victim starts a conversation and opens its stream from the page,
+/// both with their cookie: the sign-in happens, with no card.
+async fn the_cookie_owner_signs_in(stack: &Stack) {
+    let owner = stack
+        .start_conversation_as(&[("cookie", VICTIM_COOKIE)])
+        .await;
+    let mut ws = ws_open(
+        &owner.stream_url,
+        &[("origin", PAGE_ORIGIN), ("cookie", VICTIM_COOKIE)],
+    )
+    .await
+    .expect("stream");
+    say(stack, &owner, "signin exchange").await;
+    let seen = activities_until(&mut ws, SIGNED_IN).await;
+    assert!(!seen.iter().any(is_oauth_card));
+    assert_eq!(stack.emulator.invokes_received(&owner.id).len(), 1);
+}
+
 async fn say(stack: &Stack, conv: &Conversation, text: &str) {
     assert_eq!(conv.say(&stack.http, text).await.status, StatusCode::OK);
 }
@@ -431,19 +449,7 @@ async fn without_binding_the_start_fingerprint_keeps_another_cookie_out() {
 async fn without_binding_the_same_cookie_on_start_and_stream_signs_in() {
     let provider = auth_api().await;
     let stack = victim_signs_in_stack(&provider, |_| {}).await;
-    let conv = stack
-        .start_conversation_as(&[("cookie", VICTIM_COOKIE)])
-        .await;
-    let mut ws = ws_open(
-        &conv.stream_url,
-        &[("origin", PAGE_ORIGIN), ("cookie", VICTIM_COOKIE)],
-    )
-    .await
-    .expect("stream");
-    say(&stack, &conv, "signin exchange").await;
-    let seen = activities_until(&mut ws, SIGNED_IN).await;
-    assert!(!seen.iter().any(is_oauth_card));
-    assert_eq!(stack.emulator.invokes_received(&conv.id).len(), 1);
+    the_cookie_owner_signs_in(&stack).await;
     stack.shutdown().await;
 }
 
@@ -1088,19 +1094,7 @@ async fn with_require_owner_a_poll_without_binding_decides_nothing_and_the_owner
     assert_victim_untouched(&stack, &provider, &attacker.id);
 
     // The owner's own stream, with the cookie it started with, signs in.
-    let owner = stack
-        .start_conversation_as(&[("cookie", VICTIM_COOKIE)])
-        .await;
-    let mut ws = ws_open(
-        &owner.stream_url,
-        &[("origin", PAGE_ORIGIN), ("cookie", VICTIM_COOKIE)],
-    )
-    .await
-    .expect("stream");
-    say(&stack, &owner, "signin exchange").await;
-    let seen = activities_until(&mut ws, SIGNED_IN).await;
-    assert!(!seen.iter().any(is_oauth_card));
-    assert_eq!(stack.emulator.invokes_received(&owner.id).len(), 1);
+    the_cookie_owner_signs_in(&stack).await;
     stack.shutdown().await;
 }
 
