@@ -148,7 +148,8 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         }
         _ => None,
     };
-    let credentials = ServerCredentials::from_config(&config.directline)?;
+    let credentials =
+        ServerCredentials::from_config(&config.directline, |var| std::env::var(var).ok())?;
     let metrics = Arc::new(Metrics::new());
     let upstream = Arc::new(Upstream::new(&config.upstream, metrics.clone())?);
     let decisions = Arc::new(Decisions::new(

@@ -84,13 +84,14 @@ pub struct ServerCredentials {
 }
 
 impl ServerCredentials {
-    /// `None` when no secret is configured.
+    /// `None` when no secret is configured. `env` looks up `secret_env`
+    /// (the process environment in production, a fixed table in tests).
     pub fn from_config(
         config: &DirectLineConfig,
+        env: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<ServerCredentials>, CredentialsError> {
         let secret = match (&config.secret_env, &config.secret_file) {
-            (Some(var), _) => std::env::var(var)
-                .ok()
+            (Some(var), _) => env(var)
                 .filter(|s| !s.trim().is_empty())
                 .ok_or_else(|| CredentialsError::MissingEnv(var.clone()))?,
             (None, Some(path)) => {
@@ -312,23 +313,25 @@ mod tests {
 
     #[test]
     fn the_secret_comes_from_the_named_environment_variable() {
-        // Unique to this test; no other test in this binary reads it.
-        unsafe { std::env::set_var("DL_UNIT_TEST_SECRET_ENV", " the-secret\n") };
+        let env = |var: &str| (var == "DL_SECRET").then(|| " the-secret\n".to_string());
         let config = DirectLineConfig {
-            secret_env: Some("DL_UNIT_TEST_SECRET_ENV".into()),
+            secret_env: Some("DL_SECRET".into()),
             ..DirectLineConfig::default()
         };
-        let credentials = ServerCredentials::from_config(&config)
+        let credentials = ServerCredentials::from_config(&config, env)
             .expect("loads")
             .expect("configured");
         assert_eq!(credentials.authorization, "Bearer the-secret");
         let missing = DirectLineConfig {
-            secret_env: Some("DL_UNIT_TEST_SECRET_NOT_SET".into()),
+            secret_env: Some("DL_SECRET_NOT_SET".into()),
             ..DirectLineConfig::default()
         };
-        let error = ServerCredentials::from_config(&missing)
+        let error = ServerCredentials::from_config(&missing, env)
             .err()
             .expect("error");
-        assert!(error.to_string().contains("DL_UNIT_TEST_SECRET_NOT_SET"));
+        assert_eq!(
+            error.to_string(),
+            "directline.secret_env: environment variable DL_SECRET_NOT_SET is not set or empty"
+        );
     }
 }
