@@ -5,10 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use std::sync::Arc;
 
 use directline_proxy::config::Config;
-use directline_proxy::reload::Reloader;
 use directline_proxy::{demo, emulator, logging};
 
 #[derive(Parser)]
@@ -68,7 +66,10 @@ fn main() -> ExitCode {
             Command::Check => check(&cli.config),
             Command::Demo { listen, no_sso } => {
                 logging::init(false);
-                report(demo::run(listen, !no_sso, shutdown_signal()).await)
+                match Signals::install() {
+                    Ok(signals) => report(demo::run(listen, !no_sso, signals.stop()).await),
+                    Err(error) => report(Err(error)),
+                }
             }
             Command::Emulator { listen, rough } => {
                 logging::init(false);
@@ -118,6 +119,16 @@ async fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     logging::init(config.log.json());
+    // Before the port is bound: from then on an orchestrator may signal the
+    // process, and a signal without a handler kills it (SIGHUP's default).
+    let mut signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch signals");
+            eprintln!("error: cannot watch signals: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let watch_interval = config.reload.watch_interval();
     let proxy = match directline_proxy::start(config).await {
         Ok(proxy) => proxy,
@@ -130,58 +141,86 @@ async fn run(path: &std::path::Path) -> ExitCode {
     if let Some(interval) = watch_interval {
         proxy.watch(path.to_path_buf(), interval);
     }
-    reload_on_sighup(proxy.reloader(), path.to_path_buf());
+    let reloader = proxy.reloader();
+    let path = path.to_path_buf();
     let stop = proxy.stop_token();
     tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: draining");
-        stop.cancel();
-        shutdown_signal().await;
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
+        let mut draining = false;
+        loop {
+            match signals.next().await {
+                Received::Hangup => {
+                    tracing::info!("SIGHUP: reloading");
+                    let _ = reloader.reload_file(&path);
+                }
+                Received::Stop if !draining => {
+                    tracing::info!("shutting down: draining");
+                    draining = true;
+                    stop.cancel();
+                }
+                Received::Stop => {
+                    tracing::warn!("second signal: exiting now");
+                    std::process::exit(130);
+                }
+            }
+        }
     });
     proxy.wait().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
-/// SIGHUP reloads the TLS certificate and `[sso]` from the config file.
-fn reload_on_sighup(reloader: Arc<Reloader>, path: PathBuf) {
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("SIGHUP cannot be watched; reload by changing the file instead");
-            return;
-        };
-        while hangup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading");
-            let _ = reloader.reload_file(&path);
-        }
-    });
-    #[cfg(not(unix))]
-    let _ = (reloader, path);
+/// What a signal asks for.
+enum Received {
+    /// SIGHUP: reload the TLS certificate and `[sso]` from the config file.
+    Hangup,
+    /// SIGTERM or SIGINT (Ctrl-C): drain, or exit at once when draining.
+    Stop,
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// The signals the proxy acts on, each watched from [`Signals::install`]
+/// on: one delivered before [`Signals::next`] is polled is not lost.
+struct Signals {
     #[cfg(unix)]
-    {
+    hangup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn install() -> std::io::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {})
+    }
+
+    #[cfg(unix)]
+    async fn next(&mut self) -> Received {
+        tokio::select! {
+            _ = self.hangup.recv() => Received::Hangup,
+            _ = self.terminate.recv() => Received::Stop,
+            _ = self.interrupt.recv() => Received::Stop,
         }
     }
+
     #[cfg(not(unix))]
-    {
+    async fn next(&mut self) -> Received {
         let _ = tokio::signal::ctrl_c().await;
+        Received::Stop
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT; SIGHUP is ignored.
+    async fn stop(mut self) {
+        while let Received::Hangup = self.next().await {}
     }
 }

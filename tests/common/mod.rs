@@ -30,8 +30,35 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod endpoint;
+pub mod process;
 
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Polls `check` until it holds, failing the test with `what` after [`WAIT`].
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of one series (`name{labels}`) of the proxy at `base`'s
+/// `/metrics`; 0 for a series not counted yet.
+pub async fn metric(http: &Http, base: &str, series: &str) -> f64 {
+    let text = http
+        .send(Method::GET, &format!("{base}/metrics"), &[], Bytes::new())
+        .await
+        .text();
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
 
 pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)

@@ -2,22 +2,21 @@
 //! connections; invalid configs are rejected and the old one keeps running.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use directline_proxy::config::Config;
-use directline_proxy::emulator::{Emulator, OAUTH_CARD, SIGNED_IN};
-use http::{Method, StatusCode};
+use directline_proxy::emulator::{Emulator, OAUTH_CARD};
+use http::StatusCode;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::common::process::ProxyProcess;
 use crate::common::{
-    Conversation, Http, Stack, WAIT, activities_until, quiet_emulator, repo_path, ws_connect,
+    Conversation, Http, Stack, activities_until, eventually, metric, quiet_emulator, repo_path,
+    ws_connect,
 };
 
 fn config_text(upstream: &str, extra: &str) -> String {
@@ -30,29 +29,6 @@ const STATIC_SSO: &str = "[sso]\nprovider = \"static\"\ntoken_post_allow_hosts =
 
 fn load(path: &Path) -> Config {
     Config::load(path).expect("valid config")
-}
-
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never happened: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn metric(http: &Http, base: &str, series: &str) -> f64 {
-    let text = http
-        .send(Method::GET, &format!("{base}/metrics"), &[], Bytes::new())
-        .await
-        .text();
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 async fn card_reaches_client(stack_http: &Http, base: &str, secret: &str) -> bool {
@@ -207,70 +183,62 @@ async fn a_renewed_certificate_is_served_to_new_connections() {
     emulator.shutdown().await;
 }
 
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A config for the real binary in front of `emulator`, on a port of its
+/// choosing (the `proxy listening` line names it), reloading only on SIGHUP.
+fn binary_config(emulator: &Emulator, extra: &str) -> String {
+    format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n[reload]\nwatch_interval_ms = 0\n{extra}",
+        emulator.base_url()
+    )
 }
 
 #[tokio::test]
 async fn sighup_reloads_the_running_binary() {
     let emulator = Emulator::start(quiet_emulator()).await.expect("emulator");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("config.toml");
-    let text = |extra: &str| {
-        format!(
-            "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\nurl = \"{}\"\n[reload]\nwatch_interval_ms = 0\n{extra}",
-            emulator.base_url()
-        )
-    };
-    std::fs::write(&path, text("")).expect("write");
-    let child = Command::new(env!("CARGO_BIN_EXE_directline-proxy"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let process = Process(child);
+    std::fs::write(&path, binary_config(&emulator, "")).expect("write");
+    let mut process = ProxyProcess::spawn(&path);
+    let base = process.listening().await;
     let http = Http::plain();
-    let base = format!("http://127.0.0.1:{port}");
-    eventually("the binary listens", async || {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
-    std::fs::write(&path, text(STATIC_SSO)).expect("write");
-    let status = Command::new("kill")
-        .args(["-HUP", &process.0.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let applied = "directline_proxy_config_reloads_total{outcome=\"applied\"}";
-    eventually("SIGHUP applied the new config", async || {
-        metric(&http, &base, applied).await == 1.0
-    })
-    .await;
-    let conv = Conversation::start(&http, &base, emulator.secret()).await;
-    let mut ws = ws_connect(&conv.stream_url).await;
-    assert_eq!(
-        conv.say(&http, "signin exchange").await.status,
-        StatusCode::OK
-    );
-    let seen: Vec<Value> = activities_until(&mut ws, SIGNED_IN).await;
     assert!(
-        !seen.iter().any(|a| a["attachments"].is_array()),
+        card_reaches_client(&http, &base, emulator.secret()).await,
+        "SSO is off at first"
+    );
+
+    std::fs::write(&path, binary_config(&emulator, STATIC_SSO)).expect("write");
+    process.signal("HUP").await;
+    process
+        .wait_for_log("config reloaded: TLS certificate and [sso] applied")
+        .await;
+    let applied = "directline_proxy_config_reloads_total{outcome=\"applied\"}";
+    assert_eq!(metric(&http, &base, applied).await, 1.0);
+    assert!(
+        !card_reaches_client(&http, &base, emulator.secret()).await,
         "SSO is on after SIGHUP"
     );
-    drop(process);
+    emulator.shutdown().await;
+}
+
+/// SIGHUP's default action kills a process. The handler is installed before
+/// the port is bound, so a SIGHUP sent the moment the proxy says it listens
+/// (as a config manager reacting to the new pod would) reloads instead.
+#[tokio::test]
+async fn sighup_the_moment_the_binary_listens_reloads_instead_of_killing_it() {
+    let emulator = Emulator::start(quiet_emulator()).await.expect("emulator");
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, binary_config(&emulator, STATIC_SSO)).expect("write");
+    let mut process = ProxyProcess::spawn(&path);
+    let base = process.listening().await;
+    process.signal("HUP").await;
+    process
+        .wait_for_log("config reloaded: TLS certificate and [sso] applied")
+        .await;
+    assert!(process.is_running(), "SIGHUP did not kill the proxy");
+    let http = Http::plain();
+    let applied = "directline_proxy_config_reloads_total{outcome=\"applied\"}";
+    assert_eq!(metric(&http, &base, applied).await, 1.0);
+    assert!(!card_reaches_client(&http, &base, emulator.secret()).await);
     emulator.shutdown().await;
 }
