@@ -7,7 +7,9 @@ use directline_proxy::config::Config;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{Stack, quiet_emulator};
+use crate::common::process::ProxyProcess;
+use crate::common::{Http, Stack, quiet_emulator};
+use directline_proxy::emulator::Emulator;
 
 /// The secret in a file, with the trailing newline mounted Secrets often have.
 fn secret_in_file(config: &mut Config, name: &str, secret: &str) {
@@ -276,6 +278,41 @@ async fn a_missing_secret_source_is_a_clear_start_error() {
         error.to_string().contains("TEST_DL_SECRET_THAT_IS_NOT_SET"),
         "{error}"
     );
+}
+
+/// `secret_env` through the real binary: the variable is set on the child
+/// process only, so no test has to change its own environment.
+#[tokio::test]
+async fn the_binary_reads_the_secret_from_the_named_environment_variable() {
+    let emulator = Emulator::start(quiet_emulator()).await.expect("emulator");
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("config.toml");
+    let config = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n[directline]\nsecret_env = \"DL_SECRET_FOR_THE_CHILD\"\n[reload]\nwatch_interval_ms = 0\n",
+        emulator.base_url()
+    );
+    std::fs::write(&path, config).expect("write");
+    let secret = format!(" {}\n", emulator.secret());
+    let mut process =
+        ProxyProcess::spawn_with_env(&path, &[("DL_SECRET_FOR_THE_CHILD", secret.as_str())]);
+    let base = process.listening().await;
+    let reply = Http::plain()
+        .send(
+            Method::POST,
+            &format!("{base}/v3/directline/tokens/generate"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let mint = emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.path_and_query == "/v3/directline/tokens/generate")
+        .expect("the mint reached the upstream");
+    let expected = format!("Bearer {}", emulator.secret());
+    assert_eq!(mint.headers["authorization"], expected.as_str());
+    emulator.shutdown().await;
 }
 
 #[tokio::test]
