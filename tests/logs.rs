@@ -1,5 +1,6 @@
-//! Logs of a full conversation never contain a token or a secret. Its own
-//! test binary: it installs the process-wide log subscriber.
+//! Logs of a full conversation never contain a token or a secret, and the
+//! binary's JSON logs are one object per line. Its own test binary: it
+//! installs the process-wide log subscriber.
 
 /// Read by `common`: the compliant emulator.
 const ROUGH_EMULATOR: bool = false;
@@ -12,11 +13,15 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use http::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{EmulatorConfig, Stack, activities_until, ws_connect_with_header};
+use common::process::ProxyProcess;
+use common::{
+    Conversation, EmulatorConfig, Http, Stack, activities_until, ws_connect, ws_connect_with_header,
+};
 use directline_proxy::config::StaticProviderConfig;
+use directline_proxy::emulator::Emulator;
 
 const USER_TOKEN: &str = "user-token-that-must-not-leak";
 
@@ -179,4 +184,80 @@ async fn logs_of_a_full_conversation_contain_no_token_or_secret() {
         let leak = text.lines().find(|line| line.contains(secret_value));
         assert!(leak.is_none(), "the {what} appears in the logs: {leak:?}");
     }
+}
+
+/// `log.format = "json"` in the real binary (the process helper sets it by
+/// `DLPROXY_LOG__FORMAT`): every line is one JSON object with the time,
+/// level, target and message, the event's fields at the top level and the
+/// request's span beside them.
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_events_fields_and_span() {
+    let emulator = Emulator::start(EmulatorConfig {
+        keepalive_interval: None,
+        ..Default::default()
+    })
+    .await
+    .expect("emulator");
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("config.toml");
+    let config = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n[reload]\nwatch_interval_ms = 0\n[sso]\nprovider = \"static\"\n[sso.static]\ntoken = \"demo-user-token\"\n",
+        emulator.base_url()
+    );
+    std::fs::write(&path, config).expect("write");
+    let mut process = ProxyProcess::spawn(&path);
+    let base = process.listening().await;
+    let http = Http::plain();
+    let conv = Conversation::start(&http, &base, emulator.secret()).await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    conv.say(&http, "signin exchange").await;
+    activities_until(&mut ws, directline_proxy::emulator::SIGNED_IN).await;
+    ws.send(Message::Close(None)).await.expect("close");
+    process.wait_for_log("stream closed").await;
+    process.signal("TERM").await;
+    assert_eq!(process.exit_status().await.code(), Some(0));
+
+    let lines: Vec<Value> = process
+        .whole_log()
+        .await
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    for line in &lines {
+        assert!(line["timestamp"].is_string(), "{line}");
+        assert!(
+            ["ERROR", "WARN", "INFO"].contains(&line["level"].as_str().unwrap_or_default()),
+            "{line}"
+        );
+        assert!(line["target"].is_string(), "{line}");
+        assert!(line["message"].is_string(), "{line}");
+    }
+    let find = |message: &str, matches: &dyn Fn(&Value) -> bool| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message && matches(l))
+            .unwrap_or_else(|| panic!("no {message:?} line in {lines:#?}"))
+    };
+    let listening = find("proxy listening", &|_| true);
+    assert_eq!(
+        listening["local_addr"].as_str(),
+        base.strip_prefix("http://")
+    );
+    assert_eq!(listening["tls"], false);
+    assert_eq!(listening["sso"], "static");
+    let started = find("request done", &|l| {
+        l["span"]["route"] == "start_conversation"
+    });
+    assert_eq!(started["status"], 201);
+    assert!(started["elapsed_ms"].is_u64(), "{started}");
+    assert_eq!(started["span"]["method"], "POST");
+    let decision = find("sso decision", &|_| true);
+    assert_eq!(decision["conversation_id"], conv.id.as_str());
+    assert_eq!(decision["flow"], "invoke");
+    assert_eq!(decision["outcome"], "success");
+    assert_eq!(decision["provider"], "static");
+    let closed = find("stream closed", &|_| true);
+    assert_eq!(closed["span"]["conversation_id"], conv.id.as_str());
+    assert_eq!(lines.last().map(|l| &l["message"]), Some(&json!("stopped")));
+    emulator.shutdown().await;
 }
