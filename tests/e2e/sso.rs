@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use directline_proxy::config::{
     Config, HeaderProviderConfig, HttpProviderConfig, OAuth2ProviderConfig, StaticProviderConfig,
 };
-use directline_proxy::emulator::{EXCHANGE_URI, OAUTH_CARD, SIGNED_IN};
+use directline_proxy::emulator::{EXCHANGE_URI, OAUTH_CARD, PROVIDER_ID, SIGNED_IN};
 use futures_util::SinkExt;
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -15,8 +17,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::common::endpoint::Endpoint;
 use crate::common::{
-    Conversation, Stack, TEST_USER, WAIT, activities_until, next_activity_set, next_message,
-    quiet_emulator, ws_connect, ws_connect_with_header,
+    Conversation, Stack, TEST_USER, WAIT, activities_until, eventually, next_activity_set,
+    next_message, quiet_emulator, ws_connect, ws_connect_with_header,
 };
 
 /// The token the emulator's bot accepts by default.
@@ -84,12 +86,39 @@ async fn activities_through(
     activities_until(ws, &format!("You said: {marker}")).await
 }
 
+/// The `dlpx` value of a rewritten `streamUrl`, which must carry exactly
+/// one `t=` and one `dlpx`.
+fn the_one_sealed_context(conv: &Conversation) -> String {
+    let (_, query) = conv.stream_url.split_once('?').expect("a query");
+    let values = |name: &str| -> Vec<String> {
+        form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .collect()
+    };
+    assert_eq!(values("t").len(), 1, "{}", conv.stream_url);
+    let mut sealed = values("dlpx");
+    assert_eq!(sealed.len(), 1, "{}", conv.stream_url);
+    sealed.pop().expect("one")
+}
+
 #[tokio::test]
 async fn invoke_flow_on_the_stream_signs_in_and_removes_the_card() {
     let stack = sso_stack(|c| static_provider(c, USER_TOKEN)).await;
     let conv = stack.start_conversation().await;
+    let sealed = the_one_sealed_context(&conv);
+    assert!(
+        !sealed.contains(&conv.token),
+        "the sealed context does not show the conversation token"
+    );
+    let opaque = URL_SAFE_NO_PAD.decode(&sealed).expect("base64url");
+    assert!(
+        !opaque
+            .windows(conv.token.len())
+            .any(|w| w == conv.token.as_bytes()),
+        "the conversation token is encrypted, not just encoded"
+    );
     let mut ws = ws_connect(&conv.stream_url).await;
-    assert!(!conv.stream_url.contains("dlpx=") || conv.stream_url.contains("t="));
     assert_eq!(
         conv.say(&stack.http, "signin exchange").await.status,
         StatusCode::OK
@@ -342,7 +371,7 @@ async fn http_provider_gets_the_card_context_and_only_the_configured_headers() {
     assert_eq!(body["userId"], TEST_USER);
     assert_eq!(body["connectionName"], "AAD");
     assert_eq!(body["resourceUri"], EXCHANGE_URI);
-    assert!(body.get("providerId").is_some());
+    assert_eq!(body["providerId"], PROVIDER_ID, "as the card names it");
     stack.shutdown().await;
 }
 
@@ -449,13 +478,18 @@ async fn an_emptied_set_still_delivers_its_watermark() {
     stack.shutdown().await;
 }
 
+/// The provider refuses only once the bot has answered all five messages
+/// upstream, so the card goes out unchanged after the decision: a proxy that
+/// let later frames pass the card would deliver the answers before it.
 #[tokio::test]
 async fn frames_after_a_card_wait_for_its_decision_and_keep_their_order() {
-    let provider = Endpoint::start(Duration::from_millis(400), |_| {
-        (StatusCode::OK, json!({"token": USER_TOKEN}).to_string())
+    let (provider, release) =
+        Endpoint::gated(|_| (StatusCode::UNAUTHORIZED, "{}".to_string())).await;
+    let stack = sso_stack(|c| {
+        http_provider(c, provider.url("/held"));
+        c.sso.timeout_ms = 60_000;
     })
     .await;
-    let stack = sso_stack(|c| http_provider(c, provider.url("/slow"))).await;
     let conv = stack.start_conversation().await;
     let mut ws = ws_connect(&conv.stream_url).await;
     assert_eq!(
@@ -468,44 +502,53 @@ async fn frames_after_a_card_wait_for_its_decision_and_keep_their_order() {
             StatusCode::OK
         );
     }
-    // The provider answers after the bot replied to all five messages, so
-    // "signed in" comes last upstream: every reply waited behind the card.
-    let seen = activities_until(&mut ws, SIGNED_IN).await;
-    assert_no_card_and_no_invoke(&seen);
+    let direct_poll = conv
+        .url("/activities")
+        .replace(&stack.proxy.base_url(), &stack.emulator.base_url());
+    let upstream_ids = async || -> Vec<String> {
+        let direct = stack.http.get(&direct_poll, &conv.token).await.json();
+        direct["activities"]
+            .as_array()
+            .expect("activities")
+            .iter()
+            .filter_map(|a| a["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    eventually("the bot answers all five upstream", async || {
+        stack
+            .http
+            .get(&direct_poll, &conv.token)
+            .await
+            .text()
+            .contains("You said: message 5")
+    })
+    .await;
+    eventually("the card is being decided", async || {
+        !provider.seen().is_empty()
+    })
+    .await;
+    release.send(true).expect("release");
+    let seen = activities_until(&mut ws, "You said: message 5").await;
+    assert_eq!(seen.iter().filter(|a| is_oauth_card(a)).count(), 1);
     let ids: Vec<String> = seen
         .iter()
         .filter_map(|a| a["id"].as_str().map(str::to_string))
         .collect();
-    let direct = stack
-        .http
-        .get(
-            &format!(
-                "{}/v3/directline/conversations/{}/activities",
-                stack.emulator.base_url(),
-                conv.id
-            ),
-            &conv.token,
-        )
-        .await
-        .json();
-    let expected: Vec<String> = direct["activities"]
-        .as_array()
-        .expect("activities")
-        .iter()
-        .filter(|a| !is_oauth_card(a) && a["type"] != "invoke")
-        .filter_map(|a| a["id"].as_str().map(str::to_string))
-        .collect();
-    assert_eq!(ids, expected, "nothing lost, nothing reordered");
+    assert_eq!(ids, upstream_ids().await, "nothing lost, nothing reordered");
     stack.shutdown().await;
 }
 
+/// While the provider holds the card's decision, a frame from the client
+/// still reaches the bot.
 #[tokio::test]
 async fn the_client_to_bot_direction_never_waits_for_a_decision() {
-    let provider = Endpoint::start(Duration::from_millis(1500), |_| {
-        (StatusCode::OK, json!({"token": USER_TOKEN}).to_string())
+    let (provider, release) =
+        Endpoint::gated(|_| (StatusCode::OK, json!({"token": USER_TOKEN}).to_string())).await;
+    let stack = sso_stack(|c| {
+        http_provider(c, provider.url("/held"));
+        c.sso.timeout_ms = 60_000;
     })
     .await;
-    let stack = sso_stack(|c| http_provider(c, provider.url("/slow"))).await;
     let conv = stack.start_conversation().await;
     let mut ws = ws_connect(&conv.stream_url).await;
     next_activity_set(&mut ws).await;
@@ -513,22 +556,26 @@ async fn the_client_to_bot_direction_never_waits_for_a_decision() {
         conv.say(&stack.http, "signin exchange").await.status,
         StatusCode::OK
     );
-    // While the card is being decided, a frame from the client reaches the bot.
+    eventually("the card is being decided", async || {
+        !provider.seen().is_empty()
+    })
+    .await;
     ws.send(Message::Text("client frame".into()))
         .await
         .expect("send");
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(1200);
-    loop {
-        let received = stack.emulator.stream_messages_received(&conv.id);
-        if received.contains(&Message::Text("client frame".into())) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the client's frame waited behind the decision"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the client's frame reaches the bot", async || {
+        stack
+            .emulator
+            .stream_messages_received(&conv.id)
+            .contains(&Message::Text("client frame".into()))
+    })
+    .await;
+    assert!(
+        stack.emulator.invokes_received(&conv.id).is_empty(),
+        "while the decision is still held"
+    );
+    release.send(true).expect("release");
+    assert_no_card_and_no_invoke(&activities_until(&mut ws, SIGNED_IN).await);
     stack.shutdown().await;
 }
 
@@ -918,14 +965,10 @@ async fn messages_before_a_card_are_not_held_back_by_its_decision() {
     // provider still holds the card's decision.
     assert_eq!(next_message(&mut ws).await, Message::Text(before.into()));
     activities_until(&mut ws, "signin exchange").await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while provider.seen().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the provider was never asked"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the provider is asked", async || {
+        !provider.seen().is_empty()
+    })
+    .await;
     assert!(
         stack.emulator.invokes_received(&conv.id).is_empty(),
         "and not decided yet"
