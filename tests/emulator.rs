@@ -780,10 +780,24 @@ async fn client_messages_are_recorded_and_raw_messages_can_be_pushed() {
         Some(Ok(Message::Pong(payload))) => assert_eq!(&payload[..], b"hi"),
         other => panic!("expected a pong, got {other:?}"),
     }
-    let received = em.stream_messages_received(&conversation.id);
-    assert_eq!(received[0], Message::text(""));
-    assert_eq!(received[1], Message::Ping(Bytes::from_static(b"hi")));
-    assert_eq!(received[2], Message::Binary(Bytes::from_static(b"\x01")));
+    // The pong can leave before the binary message is read: wait for all
+    // three rather than take the pong as a sign.
+    let deadline = Instant::now() + WAIT;
+    let received = loop {
+        let received = em.stream_messages_received(&conversation.id);
+        if received.len() >= 3 || Instant::now() > deadline {
+            break received;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        received,
+        vec![
+            Message::text(""),
+            Message::Ping(Bytes::from_static(b"hi")),
+            Message::Binary(Bytes::from_static(b"\x01")),
+        ]
+    );
 
     let pushed = Message::text("{\"unknown\":true}");
     assert!(
