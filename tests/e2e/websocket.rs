@@ -9,7 +9,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::common::{
-    EmulatorConfig, Stack, WAIT, activities_until, next_activity_set, next_message, ws_connect,
+    EmulatorConfig, Stack, WAIT, activities_until, eventually, metric, next_activity_set,
+    next_message, ws_connect,
 };
 
 fn close(code: u16, reason: &str) -> Message {
@@ -193,6 +194,63 @@ async fn a_second_socket_gets_the_first_closed_as_upstream_decides() {
     stack.shutdown().await;
 }
 
+/// A client that vanishes (its TCP connection closes without a close
+/// frame): the bot gets close 1001, and the loss is counted.
+#[tokio::test]
+async fn a_client_that_vanishes_without_a_close_frame_gets_the_bot_a_1001() {
+    let stack = Stack::start().await;
+    let conv = stack.start_conversation().await;
+    let mut ws = ws_connect(&conv.stream_url).await;
+    next_activity_set(&mut ws).await;
+    drop(ws);
+    eventually("the bot gets a close frame", async || {
+        !stack.emulator.stream_messages_received(&conv.id).is_empty()
+    })
+    .await;
+    assert_eq!(
+        stack.emulator.stream_messages_received(&conv.id),
+        vec![close(1001, "client connection lost")]
+    );
+    let lost = "directline_proxy_errors_total{kind=\"websocket_lost\"}";
+    eventually("the lost client is counted", async || {
+        metric(&stack.http, &stack.proxy.base_url(), lost).await == 1.0
+    })
+    .await;
+    stack.shutdown().await;
+}
+
+/// Messages the proxy read from the bot (`websocket_frames_total` to the
+/// client) that the client has not read yet.
+async fn relayed_to_client(stack: &Stack) -> usize {
+    let series = "directline_proxy_websocket_frames_total{direction=\"to_client\"}";
+    metric(&stack.http, &stack.proxy.base_url(), series).await as usize
+}
+
+/// The most 1 MiB messages that can sit between the proxy's read from the
+/// bot and a client that reads nothing: the proxy's send buffer (at most
+/// the kernel's `tcp_wmem` maximum), the client's fixed receive buffer and
+/// its WebSocket read buffer, the proxy's 16 KiB write batch, and whole or
+/// partial messages at three places (one in hand, one being written, one
+/// straddling the buffers).
+#[cfg(target_os = "linux")]
+fn messages_that_fit_between(client_receive_buffer: usize, message_size: usize) -> usize {
+    let wmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").expect("tcp_wmem");
+    let send_buffer_max: usize = wmem
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .expect("the tcp_wmem maximum");
+    let client_read_buffer = 128 * 1024;
+    let batch = 16 * 1024;
+    let bytes = send_buffer_max + client_receive_buffer + client_read_buffer + batch;
+    bytes.div_ceil(message_size) + 3
+}
+
+/// The proxy awaits each write to the client before reading on from the
+/// bot, so what it takes from the bot is bounded by socket buffers, not by
+/// what the bot sends. The bound is checked at every look, so when the
+/// watch ends only decides how long an unbounded buffer has to show itself.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_client_that_does_not_read_pauses_the_upstream_and_loses_nothing() {
     use std::sync::Arc;
@@ -202,8 +260,20 @@ async fn a_client_that_does_not_read_pauses_the_upstream_and_loses_nothing() {
     const SIZE: usize = 1024 * 1024;
     let stack = Arc::new(Stack::start().await);
     let conv = stack.start_conversation().await;
-    let mut ws = ws_connect(&conv.stream_url).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+    let client_receive_buffer = socket.recv_buffer_size().expect("SO_RCVBUF") as usize;
+    let tcp = socket
+        .connect(stack.proxy.local_addr())
+        .await
+        .expect("connect");
+    let (mut ws, _) = tokio_tungstenite::client_async(conv.stream_url.as_str(), tcp)
+        .await
+        .expect("ws");
     next_activity_set(&mut ws).await;
+    let before = relayed_to_client(&stack).await;
+    let bound = messages_that_fit_between(client_receive_buffer, SIZE);
+    assert!(bound < MESSAGES / 2, "the bound {bound} is tight");
 
     let written = Arc::new(AtomicUsize::new(0));
     let sender = {
@@ -222,17 +292,19 @@ async fn a_client_that_does_not_read_pauses_the_upstream_and_loses_nothing() {
             }
         })
     };
-    // The upstream's writes stop making progress while nobody reads:
-    // the proxy holds at most a message, the rest waits in socket buffers.
-    let mut last = usize::MAX;
+    // Watch until the bot's writes have stopped making progress: the
+    // proxy stopped reading and the bot's socket buffers are full.
+    let mut last = (usize::MAX, usize::MAX);
     let mut unchanged = 0;
-    while unchanged < 5 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = written.load(Ordering::SeqCst);
+    while unchanged < 10 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let taken = relayed_to_client(&stack).await - before;
         assert!(
-            now < MESSAGES,
-            "all {MESSAGES} MiB were taken while the client read nothing"
+            taken <= bound,
+            "the proxy took {taken} MiB while the client read nothing (bound {bound})"
         );
+        let now = (written.load(Ordering::SeqCst), taken);
+        assert!(now.0 < MESSAGES, "the bot wrote everything");
         unchanged = if now == last { unchanged + 1 } else { 0 };
         last = now;
     }
@@ -244,6 +316,8 @@ async fn a_client_that_does_not_read_pauses_the_upstream_and_loses_nothing() {
             }
             other => panic!("unexpected {other:?}"),
         }
+        let ahead = relayed_to_client(&stack).await - before - (n + 1);
+        assert!(ahead <= bound, "{ahead} messages ahead of the client");
     }
     sender.await.expect("sender");
     assert_eq!(written.load(Ordering::SeqCst), MESSAGES);
