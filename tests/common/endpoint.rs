@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -58,7 +58,7 @@ impl Endpoint {
         respond: impl Fn(&Seen) -> (StatusCode, String) + Send + Sync + 'static,
     ) -> Endpoint {
         let (_open, gate) = watch::channel(true);
-        Endpoint::start_gated(delay, gate, respond).await
+        Endpoint::start_gated(delay, gate, HeaderMap::new(), respond).await
     }
 
     /// Answers only once the returned gate is opened (`send(true)`), so a
@@ -68,14 +68,39 @@ impl Endpoint {
     ) -> (Endpoint, watch::Sender<bool>) {
         let (open, gate) = watch::channel(false);
         (
-            Endpoint::start_gated(Duration::ZERO, gate, respond).await,
+            Endpoint::start_gated(Duration::ZERO, gate, HeaderMap::new(), respond).await,
             open,
         )
+    }
+
+    /// Always answers `status` with `body` and `headers` (besides its
+    /// `Content-Type: application/json`).
+    pub async fn answering_with_headers(
+        status: StatusCode,
+        body: &str,
+        headers: &[(&'static str, &'static str)],
+    ) -> Endpoint {
+        let (_open, gate) = watch::channel(true);
+        let headers = headers
+            .iter()
+            .map(|(name, value)| {
+                (
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                )
+            })
+            .collect();
+        let body = body.to_string();
+        Endpoint::start_gated(Duration::ZERO, gate, headers, move |_| {
+            (status, body.clone())
+        })
+        .await
     }
 
     async fn start_gated(
         delay: Duration,
         gate: watch::Receiver<bool>,
+        headers: HeaderMap,
         respond: impl Fn(&Seen) -> (StatusCode, String) + Send + Sync + 'static,
     ) -> Endpoint {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -88,11 +113,13 @@ impl Endpoint {
                 let record = record.clone();
                 let respond = respond.clone();
                 let gate = gate.clone();
+                let headers = headers.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let record = record.clone();
                         let respond = respond.clone();
                         let mut gate = gate.clone();
+                        let headers = headers.clone();
                         async move {
                             let (parts, body) = request.into_parts();
                             let body = body
@@ -115,6 +142,7 @@ impl Endpoint {
                             let (status, body) = respond(&seen);
                             let mut response = Response::new(Full::new(Bytes::from(body)));
                             *response.status_mut() = status;
+                            *response.headers_mut() = headers;
                             response
                                 .headers_mut()
                                 .insert("content-type", "application/json".parse().expect("value"));

@@ -9,7 +9,9 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,7 +24,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -249,17 +251,7 @@ impl Http {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Reply {
-        let mut request = Request::builder().method(method).uri(url);
-        let chooses_encoding = headers
-            .iter()
-            .any(|(name, _)| name.eq_ignore_ascii_case("accept-encoding"));
-        if crate::ROUGH_EMULATOR && !chooses_encoding {
-            request = request.header("accept-encoding", "gzip");
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request.body(Full::new(body.into())).expect("request");
+        let request = client_request(Request::builder().method(method).uri(url), headers, body);
         let response = tokio::time::timeout(WAIT, self.client.request(request))
             .await
             .expect("response in time")
@@ -297,6 +289,25 @@ impl Http {
     }
 }
 
+/// A request with `headers` and `body`; against the rough emulator it
+/// accepts gzip, as browsers do, unless `headers` choose an encoding.
+fn client_request(
+    mut request: http::request::Builder,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Request<Full<Bytes>> {
+    let chooses_encoding = headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("accept-encoding"));
+    if crate::ROUGH_EMULATOR && !chooses_encoding {
+        request = request.header("accept-encoding", "gzip");
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Full::new(body.into())).expect("request")
+}
+
 /// The body as the client reads it: a gzip `Content-Encoding` undone (the
 /// header stays in [`Reply::headers`] for tests to compare).
 fn decoded(headers: &HeaderMap, body: Bytes) -> Bytes {
@@ -308,6 +319,81 @@ fn decoded(headers: &HeaderMap, body: Bytes) -> Bytes {
         .read_to_end(&mut plain)
         .expect("a gzip body");
     Bytes::from(plain)
+}
+
+/// An HTTP/2 client on one connection: prior knowledge over TCP, or TLS
+/// with ALPN h2 (trusting the development CA).
+pub struct H2 {
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    base: String,
+}
+
+impl H2 {
+    pub async fn plain(addr: SocketAddr) -> H2 {
+        let tcp = TcpStream::connect(addr).await.expect("tcp");
+        H2::handshake(tcp, format!("http://{addr}")).await
+    }
+
+    /// Over TLS to `localhost:<port of addr>`; fails unless ALPN picks h2.
+    pub async fn tls(addr: SocketAddr) -> H2 {
+        let ca = repo_path("certs/ca.pem");
+        let mut tls = directline_proxy::tls::client_config(Some(&ca)).expect("tls config");
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(addr).await.expect("tcp");
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        H2::handshake(stream, format!("https://localhost:{}", addr.port())).await
+    }
+
+    async fn handshake<S>(io: S, base: String) -> H2
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(connection);
+        H2 { sender, base }
+    }
+
+    /// `http://addr` or `https://localhost:port`, as the requests name it.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .version(http::Version::HTTP_2);
+        let request = client_request(request, headers, body);
+        let response = tokio::time::timeout(WAIT, self.sender.send_request(request))
+            .await
+            .expect("response in time")
+            .expect("response");
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        let (parts, body) = response.into_parts();
+        let body = decoded(
+            &parts.headers,
+            body.collect().await.expect("body").to_bytes(),
+        );
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
 }
 
 /// A conversation as a client sees it after `POST /conversations`.

@@ -6,7 +6,11 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{Conversation, EmulatorConfig, Reply, Stack, quiet_emulator};
+use crate::common::endpoint::Endpoint;
+use crate::common::{
+    Conversation, EmulatorConfig, H2, Http, Reply, Stack, TEST_USER, metric, proxy_config,
+    quiet_emulator,
+};
 
 /// Values that differ between two otherwise identical calls (fresh ids and
 /// tokens); everything else must match exactly.
@@ -459,5 +463,269 @@ async fn request_body_over_the_limit_gets_413_without_reaching_upstream() {
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(reply.json()["error"]["code"], "MessageSizeTooBig");
     assert_eq!(stack.emulator.requests().len(), before);
+    stack.shutdown().await;
+}
+
+/// Hop-by-hop headers of the upstream's answer describe its connection to
+/// the proxy, not the proxy's to the client: they never come through.
+#[tokio::test]
+async fn hop_by_hop_headers_of_a_response_are_dropped() {
+    let upstream = Endpoint::answering_with_headers(
+        StatusCode::OK,
+        "\"session-id\"",
+        &[
+            ("connection", "x-foo, keep-alive"),
+            ("x-foo", "connection-scoped"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic realm=\"upstream\""),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x-checksum"),
+            ("upgrade", "h2c"),
+            ("x-end-to-end", "kept"),
+        ],
+    )
+    .await;
+    let proxy = directline_proxy::start(proxy_config(&upstream.url("")))
+        .await
+        .expect("proxy");
+    let path = "/v3/directline/session/getsessionid";
+    let http = Http::plain();
+    let direct = http.get(&upstream.url(path), "token").await;
+    let reply = http
+        .get(&format!("{}{path}", proxy.base_url()), "token")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    for dropped in [
+        "connection",
+        "x-foo",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "trailer",
+        "upgrade",
+    ] {
+        assert!(
+            direct.headers.contains_key(dropped),
+            "the upstream sends {dropped}"
+        );
+        assert!(
+            !reply.headers.contains_key(dropped),
+            "{dropped} came through: {:?}",
+            reply.headers
+        );
+    }
+    assert_eq!(reply.headers["x-end-to-end"], "kept");
+    assert_eq!(reply.text(), "\"session-id\"");
+    proxy.shutdown().await;
+}
+
+/// Conversation bodies are read whole to rewrite `streamUrl`, so one over
+/// `limits.max_rewrite_body_bytes` is refused with 502 instead of being
+/// buffered; a body the proxy only streams has no such limit.
+#[tokio::test]
+async fn a_conversation_body_over_max_rewrite_body_bytes_gives_502() {
+    const LIMIT: usize = 64 * 1024;
+    let conversation = |padding: usize| {
+        json!({
+            "conversationId": "c1",
+            "token": "conversation-token",
+            "streamUrl": "wss://directline.example/v3/directline/conversations/c1/stream?t=st",
+            "padding": "x".repeat(padding),
+        })
+        .to_string()
+    };
+    let (big, small) = (conversation(LIMIT), conversation(16));
+    let poll = format!(
+        "{{\"activities\":[],\"watermark\":\"{}\"}}",
+        "7".repeat(LIMIT)
+    );
+    let upstream = {
+        let (big, small, poll) = (big.clone(), small.clone(), poll.clone());
+        Endpoint::start(std::time::Duration::ZERO, move |seen| {
+            match seen.path_and_query.as_str() {
+                "/v3/directline/conversations" => (StatusCode::CREATED, big.clone()),
+                "/v3/directline/conversations/c1" => (StatusCode::OK, small.clone()),
+                _ => (StatusCode::OK, poll.clone()),
+            }
+        })
+        .await
+    };
+    let mut config = proxy_config(&upstream.url(""));
+    config.limits.max_rewrite_body_bytes = LIMIT;
+    let proxy = directline_proxy::start(config).await.expect("proxy");
+    let base = proxy.base_url();
+    let http = Http::plain();
+
+    let started = http
+        .post_json(
+            &format!("{base}/v3/directline/conversations"),
+            "secret",
+            &Value::Null,
+        )
+        .await;
+    assert!(big.len() > LIMIT);
+    assert_eq!(started.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        started.json(),
+        json!({"error": {"code": "BadGateway", "message": "The Direct Line response could not be read."}})
+    );
+    let unreadable = "directline_proxy_errors_total{kind=\"response_unreadable\"}";
+    assert_eq!(metric(&http, &base, unreadable).await, 1.0);
+
+    let reconnected = http
+        .get(&format!("{base}/v3/directline/conversations/c1"), "token")
+        .await;
+    assert_eq!(reconnected.status, StatusCode::OK, "a body under the limit");
+    let stream_url = reconnected.json()["streamUrl"].to_string();
+    assert!(
+        stream_url.contains(&proxy.local_addr().to_string()),
+        "{stream_url}"
+    );
+
+    let polled = http
+        .get(
+            &format!("{base}/v3/directline/conversations/c1/activities"),
+            "token",
+        )
+        .await;
+    assert_eq!(polled.status, StatusCode::OK, "a streamed body");
+    assert_eq!(polled.text(), poll);
+    proxy.shutdown().await;
+}
+
+/// Browsers preflight their calls to Direct Line; through the proxy the
+/// preflight reaches Direct Line as sent and its answer comes back as given.
+#[tokio::test]
+async fn a_cors_preflight_reaches_direct_line_and_its_answer_comes_back() {
+    let stack = Stack::start().await;
+    let preflight = |url: String| {
+        let http = &stack.http;
+        async move {
+            http.send(
+                Method::OPTIONS,
+                &url,
+                &[
+                    ("origin", "https://www.contoso.com"),
+                    ("access-control-request-method", "POST"),
+                    (
+                        "access-control-request-headers",
+                        "authorization, content-type",
+                    ),
+                ],
+                Bytes::new(),
+            )
+            .await
+        }
+    };
+    let path = "/v3/directline/conversations";
+    let proxied = preflight(stack.proxy_url(path)).await;
+    let seen = stack
+        .emulator
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == Method::OPTIONS)
+        .collect::<Vec<_>>();
+    assert_eq!(seen.len(), 1, "the preflight reached Direct Line");
+    assert_eq!(seen[0].path_and_query, path);
+    assert_eq!(seen[0].headers["origin"], "https://www.contoso.com");
+    assert_eq!(seen[0].headers["access-control-request-method"], "POST");
+    assert_eq!(
+        seen[0].headers["access-control-request-headers"],
+        "authorization, content-type"
+    );
+    let direct = preflight(stack.direct_url(path)).await;
+    assert_eq!(direct.status, StatusCode::OK);
+    assert_same_reply(&direct, &proxied, "preflight");
+    assert_eq!(
+        proxied.headers["access-control-allow-origin"],
+        "https://www.contoso.com"
+    );
+    assert_eq!(
+        proxied.headers["access-control-allow-headers"],
+        "authorization, content-type"
+    );
+    stack.shutdown().await;
+}
+
+/// The same calls over HTTP/1.1 and h2 get the same answers.
+async fn assert_h2_answers_like_http1(http1: &Http, h2: &mut H2, secret: &str) {
+    let base = h2.base().to_string();
+    let conv = Conversation::start(http1, &base, secret).await;
+    let auth = format!("Bearer {}", conv.token);
+    let h2_started = h2
+        .send(
+            Method::POST,
+            "/v3/directline/conversations",
+            &[("authorization", &format!("Bearer {secret}"))],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(h2_started.status, StatusCode::CREATED);
+    let ws_base = base.replacen("http", "ws", 1);
+    let h2_stream_url = h2_started.json()["streamUrl"]
+        .as_str()
+        .expect("streamUrl")
+        .to_string();
+    assert!(h2_stream_url.starts_with(&ws_base), "{h2_stream_url}");
+    assert!(conv.stream_url.starts_with(&ws_base), "{}", conv.stream_url);
+
+    let said = conv.say(http1, "over http/1.1").await;
+    let h2_said = h2
+        .send(
+            Method::POST,
+            &format!("/v3/directline/conversations/{}/activities", conv.id),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            json!({"type": "message", "from": {"id": TEST_USER}, "text": "over h2"}).to_string(),
+        )
+        .await;
+    assert_same_reply(&said, &h2_said, "post activity");
+
+    for path in [
+        format!(
+            "/v3/directline/conversations/{}/activities?watermark=0",
+            conv.id
+        ),
+        format!("/v3/directline/conversations/{}", conv.id),
+        "/v3/directline/no/such/call".to_string(),
+        "/elsewhere".to_string(),
+        "/healthz".to_string(),
+    ] {
+        let one = http1.get(&format!("{base}{path}"), &conv.token).await;
+        let two = h2
+            .send(
+                Method::GET,
+                &path,
+                &[("authorization", &auth)],
+                Bytes::new(),
+            )
+            .await;
+        assert_same_reply(&one, &two, &path);
+        if path.contains("activities") {
+            assert_eq!(one.body, two.body, "the poll is byte-identical");
+        }
+    }
+}
+
+#[tokio::test]
+async fn h2_clients_over_tcp_get_the_same_answers_as_http1() {
+    let stack = Stack::start().await;
+    let mut h2 = H2::plain(stack.proxy.local_addr()).await;
+    assert_h2_answers_like_http1(&stack.http, &mut h2, &stack.secret()).await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn h2_clients_over_tls_get_the_same_answers_as_http1() {
+    let stack = Stack::start_with(crate::common::quiet_emulator(), |c| {
+        c.listen.tls_cert = Some(crate::common::repo_path("certs/server.pem"));
+        c.listen.tls_key = Some(crate::common::repo_path("certs/server.key"));
+    })
+    .await;
+    let mut h2 = H2::tls(stack.proxy.local_addr()).await;
+    let http1 = Http::trusting_dev_ca();
+    assert_h2_answers_like_http1(&http1, &mut h2, &stack.secret()).await;
     stack.shutdown().await;
 }
