@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use directline_proxy::config::{
     Config, HeaderProviderConfig, HttpProviderConfig, OAuth2ProviderConfig, StaticProviderConfig,
 };
 use directline_proxy::emulator::{EXCHANGE_URI, OAUTH_CARD, PROVIDER_ID, SIGNED_IN};
+use directline_proxy::sso::seal::{Sealer, StreamContext};
 use futures_util::SinkExt;
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -17,7 +18,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::common::endpoint::Endpoint;
 use crate::common::{
-    Conversation, Stack, TEST_USER, WAIT, activities_until, eventually, next_activity_set,
+    Conversation, Stack, TEST_USER, WAIT, activities_until, eventually, metric, next_activity_set,
     next_message, quiet_emulator, ws_connect, ws_connect_with_header,
 };
 
@@ -636,8 +637,7 @@ async fn a_sas_url_on_a_host_not_allowed_is_never_posted_to() {
 
 #[tokio::test]
 async fn a_conversation_started_on_one_replica_gets_sso_on_another() {
-    use base64::Engine;
-    let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let key = STANDARD.encode([7u8; 32]);
     let replicas = |c: &mut Config| {
         static_provider(c, USER_TOKEN);
         c.sso.seal_keys = vec![key.clone()];
@@ -836,6 +836,47 @@ async fn a_stream_without_its_sealed_context_falls_back_to_token_post() {
     assert_no_card_and_no_invoke(&activities_until(&mut ws, SIGNED_IN).await);
     assert!(stack.emulator.invokes_received(&conv.id).is_empty());
     assert_eq!(stack.emulator.token_posts_received().len(), 1);
+    stack.shutdown().await;
+}
+
+/// A `dlpx` the proxy cannot use, sealed with a key it does not hold
+/// (forged) or with its own key but expired, is refused and counted as
+/// `stream_context_rejected`; the stream is relayed all the same.
+#[tokio::test]
+async fn forged_and_expired_sealed_contexts_are_counted_as_rejected() {
+    let key = STANDARD.encode([7u8; 32]);
+    let stack = sso_stack(|c| {
+        static_provider(c, USER_TOKEN);
+        c.sso.seal_keys = vec![key.clone()];
+    })
+    .await;
+    let conv = stack.start_conversation().await;
+    let context = StreamContext {
+        token: conv.token.clone(),
+        owner: None,
+    };
+    let sealed_with = |key: String, lifetime: Duration| {
+        Sealer::new(&[key], lifetime)
+            .expect("sealer")
+            .seal(&conv.id, &context)
+            .expect("sealed")
+    };
+    let forged = sealed_with(STANDARD.encode([8u8; 32]), Duration::from_secs(3600));
+    let expired = sealed_with(key.clone(), Duration::ZERO);
+    let (without, _) = crate::common::without_query_param(&conv.stream_url, "dlpx");
+    let rejected = "directline_proxy_errors_total{kind=\"stream_context_rejected\"}";
+    let base = stack.proxy.base_url();
+
+    let streams = [
+        (conv.stream_url.clone(), 0.0),
+        (format!("{without}&dlpx={forged}"), 1.0),
+        (format!("{without}&dlpx={expired}"), 2.0),
+    ];
+    for (url, rejections) in streams {
+        let mut ws = ws_connect(&url).await;
+        next_activity_set(&mut ws).await;
+        assert_eq!(metric(&stack.http, &base, rejected).await, rejections);
+    }
     stack.shutdown().await;
 }
 
