@@ -1,58 +1,125 @@
 //! Graceful shutdown: in-flight requests finish while nothing new is
-//! accepted, WebSockets get 1001, and a second signal exits at once.
+//! accepted, readiness says 503 on the admin listener, WebSockets get 1001,
+//! and a second signal exits at once.
 
-use http::StatusCode;
-use serde_json::json;
+use bytes::Bytes;
+use directline_proxy::RunningProxy;
+use directline_proxy::config::Config;
+use http::{Method, StatusCode};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::common::endpoint::Endpoint;
 use crate::common::process::ProxyProcess;
 use crate::common::{
-    Http, Stack, WAIT, eventually, next_activity_set, next_message, proxy_config, ws_connect,
+    Http, Reply, Stack, WAIT, eventually, next_activity_set, next_message, proxy_config, ws_connect,
 };
 
 const HELD_POLL: &str = "/v3/directline/conversations/held/activities";
+const HELD_ANSWER: &str = "{\"activities\":[],\"watermark\":\"0\"}";
 
-/// The upstream answers the held request only after the test has seen the
-/// drain begin, so the answer reaching the client proves the drain waited.
+/// A proxy in front of an upstream that holds every request until the
+/// returned gate opens, with one such request in flight.
+struct HeldRequest {
+    upstream: Endpoint,
+    release: watch::Sender<bool>,
+    proxy: RunningProxy,
+    in_flight: JoinHandle<Reply>,
+}
+
+impl HeldRequest {
+    async fn start(adjust: impl FnOnce(&mut Config)) -> HeldRequest {
+        let (upstream, release) =
+            Endpoint::gated(|_| (StatusCode::OK, HELD_ANSWER.to_string())).await;
+        let mut config = proxy_config(&upstream.url(""));
+        adjust(&mut config);
+        let proxy = directline_proxy::start(config).await.expect("proxy starts");
+        let in_flight = {
+            let url = format!("{}{HELD_POLL}", proxy.base_url());
+            tokio::spawn(async move { Http::plain().get(&url, "token").await })
+        };
+        eventually("the request reaches the upstream", async || {
+            !upstream.seen().is_empty()
+        })
+        .await;
+        HeldRequest {
+            upstream,
+            release,
+            proxy,
+            in_flight,
+        }
+    }
+
+    /// Opens the gate; the held request must then get the upstream's answer
+    /// (released after the drain began, so the drain waited for it), and
+    /// the proxy stops.
+    async fn release_and_stop(self) {
+        assert!(!self.in_flight.is_finished(), "the request is still held");
+        assert_eq!(self.upstream.seen().len(), 1);
+        self.release.send(true).expect("release");
+        let reply = tokio::time::timeout(WAIT, self.in_flight)
+            .await
+            .expect("in-flight request finishes")
+            .expect("task");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            reply.text(),
+            HELD_ANSWER,
+            "the upstream's answer, not a cut-off"
+        );
+        tokio::time::timeout(WAIT, self.proxy.wait())
+            .await
+            .expect("proxy stops in time");
+    }
+}
+
 #[tokio::test]
 async fn shutdown_finishes_an_in_flight_request_and_accepts_no_new_connection() {
-    let body = json!({"activities": [], "watermark": "0"}).to_string();
-    let (upstream, release) = {
-        let body = body.clone();
-        Endpoint::gated(move |_| (StatusCode::OK, body.clone())).await
-    };
-    let proxy = directline_proxy::start(proxy_config(&upstream.url("")))
-        .await
-        .expect("proxy starts");
-    let in_flight = {
-        let url = format!("{}{HELD_POLL}", proxy.base_url());
-        tokio::spawn(async move { Http::plain().get(&url, "token").await })
-    };
-    eventually("the request reaches the upstream", async || {
-        !upstream.seen().is_empty()
-    })
-    .await;
-
-    proxy.stop_token().cancel();
-    let addr = proxy.local_addr();
+    let held = HeldRequest::start(|_| {}).await;
+    held.proxy.stop_token().cancel();
+    let addr = held.proxy.local_addr();
     eventually("the listener is closed", async || {
         tokio::net::TcpStream::connect(addr).await.is_err()
     })
     .await;
-    assert!(!in_flight.is_finished(), "the request is still held");
+    held.release_and_stop().await;
+}
 
-    release.send(true).expect("release");
-    let reply = tokio::time::timeout(WAIT, in_flight)
-        .await
-        .expect("in-flight request finishes")
-        .expect("task");
-    assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.text(), body, "the upstream's answer, not a cut-off");
-    tokio::time::timeout(WAIT, proxy.wait())
-        .await
-        .expect("proxy stops in time");
+/// The admin listener stays open through the drain, so a readiness probe
+/// sees the replica leave (503) while liveness still holds.
+#[tokio::test]
+async fn readyz_on_the_admin_listener_says_503_while_a_request_drains() {
+    let held = HeldRequest::start(|c| c.admin.addr = Some("127.0.0.1:0".into())).await;
+    let admin = format!(
+        "http://{}",
+        held.proxy.admin_addr().expect("admin listener")
+    );
+    let http = Http::plain();
+    let probe = async |path: &str| {
+        http.send(Method::GET, &format!("{admin}{path}"), &[], Bytes::new())
+            .await
+    };
+    assert_eq!(probe("/readyz").await.status, StatusCode::OK);
+
+    held.proxy.stop_token().cancel();
+    eventually("readiness goes", async || {
+        probe("/readyz").await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert_eq!(probe("/readyz").await.text(), "draining\n");
+    assert_eq!(
+        probe("/healthz").await.status,
+        StatusCode::OK,
+        "still alive"
+    );
+    let admin_addr = held.proxy.admin_addr().expect("admin listener");
+    held.release_and_stop().await;
+    eventually("the admin listener stops with the proxy", async || {
+        tokio::net::TcpStream::connect(admin_addr).await.is_err()
+    })
+    .await;
 }
 
 #[tokio::test]
