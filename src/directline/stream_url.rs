@@ -77,9 +77,12 @@ impl PublicBase {
     ) -> Option<String> {
         let path_and_query = upstream_url.path_and_query()?.as_str();
         let prefix = upstream_base_path.trim_end_matches('/');
-        let relative = path_and_query
-            .strip_prefix(prefix)
-            .unwrap_or(path_and_query);
+        // Only a whole-segment prefix is the base path: `/base` is not in
+        // `/basement`, whose remainder would run into the public authority.
+        let relative = match path_and_query.strip_prefix(prefix) {
+            Some(rest) if rest.is_empty() || rest.starts_with(['/', '?']) => rest,
+            _ => path_and_query,
+        };
         let mut url = format!(
             "{}://{}{}{}",
             self.scheme, self.authority, self.path_prefix, relative
@@ -250,6 +253,30 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
             r#"{"streamUrl":"wss://p/v3/directline/conversations/c/stream?t=x"}"#
+        );
+    }
+
+    #[test]
+    fn the_base_path_is_stripped_only_as_whole_segments() {
+        let body = r#"{"streamUrl":"wss://dl/based/v3/directline/conversations/c/stream?t=x"}"#;
+        for public in ["wss://p", "wss://p/chat"] {
+            let out = rewrite(body.as_bytes(), &base(public), "/base", None)
+                .expect("ok")
+                .expect("changed");
+            assert_eq!(
+                String::from_utf8(out).expect("utf8"),
+                format!(
+                    r#"{{"streamUrl":"{public}/based/v3/directline/conversations/c/stream?t=x"}}"#
+                )
+            );
+        }
+        let at_the_end = r#"{"streamUrl":"wss://dl/base?t=x"}"#;
+        let out = rewrite(at_the_end.as_bytes(), &base("wss://p/chat"), "/base/", None)
+            .expect("ok")
+            .expect("changed");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            r#"{"streamUrl":"wss://p/chat?t=x"}"#
         );
     }
 
