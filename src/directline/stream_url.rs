@@ -131,6 +131,9 @@ struct ConversationFields {
 
 /// `conversationId` and `token` of a conversation response, when both are there.
 pub fn conversation_and_token(body: &[u8]) -> Option<(String, String)> {
+    if !super::is_json_object(body) {
+        return None;
+    }
     let fields: ConversationFields = serde_json::from_slice(body).ok()?;
     Some((fields.conversation_id?, fields.token?))
 }
@@ -184,6 +187,9 @@ pub fn rewrite(
     upstream_base_path: &str,
     extra: Option<(&str, &str)>,
 ) -> Result<Option<Vec<u8>>, RewriteError> {
+    if !super::is_json_object(body) {
+        return Err(RewriteError::NotJson("not an object".into()));
+    }
     let field: StreamUrlField<'_> =
         serde_json::from_slice(body).map_err(|e| RewriteError::NotJson(e.to_string()))?;
     let Some(raw) = field.stream_url else {
@@ -363,6 +369,16 @@ mod tests {
             Some(("c".into(), "tok".into()))
         );
         assert_eq!(conversation_and_token(br#"{"conversationId":"c"}"#), None);
+    }
+
+    #[test]
+    fn a_body_that_is_an_array_is_not_a_conversation() {
+        // serde reads a struct from an array too, positionally.
+        assert_eq!(
+            rewrite(br#"["wss://dl/s"]"#, &base("http://p"), "/", None),
+            Err(RewriteError::NotJson("not an object".into()))
+        );
+        assert_eq!(conversation_and_token(br#"["c", "tok"]"#), None);
     }
 
     #[test]
