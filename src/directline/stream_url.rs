@@ -76,6 +76,11 @@ impl PublicBase {
         extra: Option<(&str, &str)>,
     ) -> Option<String> {
         let path_and_query = upstream_url.path_and_query()?.as_str();
+        // What follows the public authority must start a path or a query:
+        // `*` (the asterisk form) would become part of the host.
+        if !path_and_query.starts_with(['/', '?']) {
+            return None;
+        }
         let prefix = upstream_base_path.trim_end_matches('/');
         // Only a whole-segment prefix is the base path: `/base` is not in
         // `/basement`, whose remainder would run into the public authority.
@@ -400,6 +405,18 @@ mod tests {
             rewrite(br#"{"streamUrl":"::"}"#, &base("http://p"), "/", None),
             Err(RewriteError::BadStreamUrl)
         );
+    }
+
+    #[test]
+    fn a_stream_url_without_a_path_is_refused() {
+        for url in ["*", "dl.example:443"] {
+            let body = format!(r#"{{"streamUrl":"{url}"}}"#);
+            assert_eq!(
+                rewrite(body.as_bytes(), &base("http://p"), "/", None),
+                Err(RewriteError::BadStreamUrl),
+                "{url}"
+            );
+        }
     }
 
     #[test]
