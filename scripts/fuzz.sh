@@ -35,6 +35,16 @@ fi
 build_flags=(--sanitizer none --debug-assertions)
 cargo +nightly fuzz build "${build_flags[@]}"
 
+# `stat::NAME: N` of -print_final_stats, or nothing (a crash prints none).
+final_stat() {
+    sed -n "s/^stat::$1: *//p" "$2" | tail -n 1
+}
+
+# The last `NAME: N` of libFuzzer's status lines, or nothing.
+last_status() {
+    { grep -o "$1: [0-9]*" "$2" || true; } | tail -n 1 | cut -d' ' -f2
+}
+
 mkdir -p fuzz/logs
 failed=()
 for target in "${targets[@]}"; do
@@ -44,11 +54,11 @@ for target in "${targets[@]}"; do
     cargo +nightly fuzz run "${build_flags[@]}" "$target" "fuzz/corpus/$target" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=16384 \
         -print_final_stats=1 >"$log" 2>&1 || status=$?
-    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
-    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
-    features=$(grep -o 'ft: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
-    corpus=$(grep -o 'corp: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
+    runs=$(final_stat number_of_executed_units "$log")
+    rate=$(final_stat average_exec_per_sec "$log")
+    cov=$(last_status cov "$log")
+    features=$(last_status ft "$log")
+    corpus=$(last_status corp "$log")
     result=ok
     if [ "$status" -ne 0 ]; then
         result="FAILED (exit $status, see $log)"
@@ -60,10 +70,13 @@ done
 
 if [ "${#failed[@]}" -ne 0 ]; then
     for target in "${failed[@]}"; do
-        echo "--- fuzz/logs/$target.log (end)" >&2
-        tail -n 40 "fuzz/logs/$target.log" >&2
+        log="fuzz/logs/$target.log"
+        echo "--- $target: what failed (whole log: $log)" >&2
+        { grep -m 1 -A 6 'panicked at' "$log" || grep -m 1 'ERROR: libFuzzer' "$log" ||
+            tail -n 20 "$log"; } >&2
+        { grep -A 2 '^Failing input' "$log" || true; } >&2
     done
-    echo "fuzz: failing inputs are in fuzz/artifacts/<target>/; replay one with" >&2
-    echo "  cargo +nightly fuzz run --sanitizer none <target> <file>" >&2
+    echo "fuzz: replay a failing input with" >&2
+    echo "  cargo +nightly fuzz run ${build_flags[*]} <target> fuzz/artifacts/<target>/<file>" >&2
     exit 1
 fi
