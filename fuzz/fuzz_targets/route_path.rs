@@ -54,8 +54,9 @@ fn check(method: &Method, path: &str) {
     }
 }
 
-/// Paths with a backslash or an encoded separator are refused before
-/// classification (strict input, issue 8), so they are not judged here.
+/// Paths with a backslash or an encoded slash or backslash are left out:
+/// a WHATWG parser reads them as separators, and issue 8's strict input
+/// answers them 400 before classification.
 fn check_normalisation_keeps(method: &Method, path: &str, route: &Route) {
     let lower = path.to_ascii_lowercase();
     if path.contains('\\') || lower.contains("%2f") || lower.contains("%5c") {
