@@ -12,15 +12,23 @@
 #      a key of a Secret/ConfigMap the container mounts at that path, and the
 #      proxy is started once on 127.0.0.1:0 with those files in a temporary
 #      directory: /healthz, /readyz and /metrics must answer 200, SIGTERM
-#      must stop it with exit 0
-#   3. policy: what the manifests promise (probes on /healthz and /readyz,
+#      must stop it with exit 0. With admin.addr set the admin listener is
+#      started on 127.0.0.1:0 too (DLPROXY_ADMIN__ADDR), those three are asked
+#      there (the admin_addr of the listening line), and the main listener
+#      must answer 404 for /metrics (metrics are not public)
+#   3. policy: what the manifests promise (probes on /healthz and /readyz on
+#      the admin port 9090 when admin.addr is set, which must then be
+#      0.0.0.0:9090 and a container port, else on the proxy port 8080;
 #      0.0.0.0 listen override, hardened securityContext, requests and limits,
 #      grace period > preStop + drain + close, a Service and a PDB per
 #      Deployment, only placeholder values in Secrets, the config mounted
 #      as a directory (no subPath: hot reload needs updates), prometheus.io
-#      annotations on the proxy port with metrics enabled, a NetworkPolicy
-#      that admits neither everyone (with trust_forwarded_headers) nor only
-#      the ingress when Prometheus scrapes the pods)
+#      annotations on the port that serves /metrics (admin or proxy) with
+#      metrics enabled, a NetworkPolicy that admits neither everyone (with
+#      trust_forwarded_headers) nor only the ingress when Prometheus scrapes
+#      the proxy port, and admits neither everyone nor a source of the proxy
+#      port (the ingress controller) on the admin port; no other container of
+#      the pod (nginx) configured to forward to the admin port)
 #   4. Dockerfile: parsed with BuildKit's own parser (the `dockerfile` wheel);
 #      multi-stage, non-root final stage, no HEALTHCHECK, EXPOSE 8080, the
 #      ENTRYPOINT, and COPY sources present and let through the ignore file
@@ -97,6 +105,7 @@ import sys
 import tempfile
 import threading
 import tomllib
+import urllib.error
 import urllib.request
 
 import dockerfile
@@ -298,15 +307,31 @@ def start_check(where, path, dep, spec, container, text, env, config):
         with open(config_path, "w", encoding="utf-8") as handle:
             handle.write(text)
         run_env.update({"DLPROXY_LISTEN__ADDR": "127.0.0.1:0", "RUST_LOG": "info", "NO_COLOR": "1"})
+        # The admin listener on a free port as well; it is found in the
+        # listening line like the main one.
+        admin = lookup(config, "admin.addr") is not None
+        if admin:
+            run_env["DLPROXY_ADMIN__ADDR"] = "127.0.0.1:0"
         annotations = dep["spec"]["template"]["metadata"].get("annotations") or {}
         metrics_path = annotations.get("prometheus.io/path", "/metrics")
         metrics_on = lookup(config, "metrics.enabled") is not False
         drain = (lookup(config, "listen.drain_timeout_ms") or 10000) / 1000
         tls = lookup(config, "listen.tls_cert") is not None and lookup(config, "listen.tls_key") is not None
-        run_proxy(where, config_path, run_env, metrics_path if metrics_on else None, drain + 5, tls)
+        run_proxy(where, config_path, run_env, metrics_path if metrics_on else None, drain + 5, tls, admin)
 
 
-def run_proxy(where, config_path, env, metrics_path, stop_within, tls):
+def http_get(url, context=None):
+    """(status, body) of a GET; status is the error's repr when there was no HTTP answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=context) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        return error.code, ""
+    except Exception as error:  # URLError, a TLS or protocol mismatch
+        return repr(error), ""
+
+
+def run_proxy(where, config_path, env, metrics_path, stop_within, tls, admin):
     proc = subprocess.Popen([binary, "--config", config_path], env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -319,7 +344,8 @@ def run_proxy(where, config_path, env, metrics_path, stop_within, tls):
         lines.put(None)
 
     threading.Thread(target=pump, daemon=True).start()
-    addr = None
+    addr = admin_addr = None
+    answers = None
     try:
         while addr is None:
             try:
@@ -338,19 +364,33 @@ def run_proxy(where, config_path, env, metrics_path, stop_within, tls):
                 if addr is None:
                     fail(where, f"no local_addr in the listening line: {line.strip()}")
                     return
-        answers = []
+                if admin:
+                    match = re.search(r"admin_addr\W+(127\.0\.0\.1:\d+)", line)
+                    admin_addr = match.group(1) if match else None
+                    if admin_addr is None:
+                        fail(where, f"admin.addr is set but the listening line has no admin_addr on 127.0.0.1: {line.strip()}")
+                        return
         scheme, context = ("https", ssl.create_default_context(cafile=DEV_CERTS["upstream.ca_file"])) if tls else ("http", None)
+        # The admin listener is plain HTTP, whatever the main one speaks.
+        ops_base, ops_context = (f"http://{admin_addr}", None) if admin_addr else (f"{scheme}://{addr}", context)
+        ops_where = "admin listener" if admin_addr else "listener"
         for route in ["/healthz", "/readyz"] + ([metrics_path] if metrics_path else []):
-            try:
-                with urllib.request.urlopen(f"{scheme}://{addr}{route}", timeout=5, context=context) as response:
-                    body = response.read().decode(errors="replace")
-                    status = response.status
-            except Exception as error:  # HTTPError, URLError, a TLS or protocol mismatch
-                status, body = getattr(error, "code", None) or repr(error), ""
+            status, body = http_get(ops_base + route, ops_context)
             if status != 200 or (route == metrics_path and "directline_proxy_" not in body):
-                fail(where, f"started proxy: GET {route} answered {status}")
+                fail(where, f"started proxy: GET {route} on the {ops_where} answered {status}")
                 return
-            answers.append(route)
+        public_route = None
+        if admin_addr:
+            # Metrics are not public: the main listener does not serve them.
+            public_route = metrics_path or "/metrics"
+            status, _ = http_get(f"{scheme}://{addr}{public_route}", context)
+            if status != 404:
+                fail(where, f"started proxy: GET {public_route} on the main listener answered {status}, "
+                            "not 404: with admin.addr set metrics must be served on the admin listener only")
+                return
+        answers = f"GET {', '.join(['/healthz', '/readyz'] + ([metrics_path] if metrics_path else []))} 200"
+        if admin_addr:
+            answers = f"admin listener {answers}, main listener GET {public_route} 404"
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -364,7 +404,7 @@ def run_proxy(where, config_path, env, metrics_path, stop_within, tls):
     if answers is not None and proc.returncode != 0:
         fail(where, f"the started proxy exited {proc.returncode} on SIGTERM")
     elif answers is not None:
-        print(f"ok {where}: started (files in place), GET {', '.join(answers)} 200, stopped on SIGTERM")
+        print(f"ok {where}: started (files in place), {answers}, stopped on SIGTERM")
 
 
 for path, dep in deployments:
@@ -413,6 +453,20 @@ for key, cm in configmaps.items():
         run_check(f"{key[0]} ConfigMap/{key[1]} (mounted nowhere)", text, {})
 
 # ---- 3. policy ----------------------------------------------------------------
+PROXY_PORT = 8080
+# With [admin] addr the probes and scrapes go to the admin listener, here.
+ADMIN_ADDR, ADMIN_PORT = "0.0.0.0:9090", 9090
+
+
+def admin_port(config):
+    """The port of the config's admin.addr, None when it is off (or not a port)."""
+    addr = lookup(config or {}, "admin.addr")
+    if addr is None:
+        return None
+    port = str(addr).rsplit(":", 1)[-1]
+    return int(port) if port.isdigit() else None
+
+
 def probe_path(probe):
     return ((probe or {}).get("httpGet") or {}).get("path")
 
@@ -470,13 +524,36 @@ for path, dep in deployments:
         if env.get("DLPROXY_LISTEN__ADDR") != "0.0.0.0:8080":
             fail(cwhere, "env DLPROXY_LISTEN__ADDR is not 0.0.0.0:8080")
         ports = {p.get("name"): p["containerPort"] for p in container.get("ports", []) or []}
-        for probe, expected in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        config = proxy_configs.get((path, dep["metadata"]["name"], container["name"]))
+        admin_addr = lookup(config or {}, "admin.addr")
+        if admin_addr is not None:
+            # The kubelet and Prometheus come in on the pod IP.
+            if str(admin_addr) != ADMIN_ADDR:
+                fail(cwhere, f"admin.addr is {admin_addr!r}, not {ADMIN_ADDR}")
+            if ADMIN_PORT not in ports.values():
+                fail(cwhere, f"admin.addr is set but the container declares no port {ADMIN_PORT} (name it admin)")
+            probe_target, target_text = ADMIN_PORT, f"the admin port {ADMIN_PORT} (admin.addr is set)"
+        else:
+            probe_target, target_text = PROXY_PORT, f"the proxy port {PROXY_PORT}"
+        before = len(failures)
+        probed = []
+        for probe, expected, required in (("startupProbe", ("/healthz", "/readyz"), False),
+                                          ("livenessProbe", ("/healthz",), True),
+                                          ("readinessProbe", ("/readyz",), True)):
+            if not required and probe not in container:
+                continue
             got = probe_path(container.get(probe))
             port = probe_port(container.get(probe))
-            if got != expected:
-                fail(cwhere, f"{probe} is GET {got!r}, not {expected}")
-            elif ports.get(port, port) != 8080:
-                fail(cwhere, f"{probe} port {port!r} is not the proxy port 8080")
+            if got not in expected:
+                fail(cwhere, f"{probe} is GET {got!r}, not {' or '.join(expected)}")
+            elif isinstance(port, str) and port not in ports:
+                fail(cwhere, f"{probe} port {port!r} names no port of the container; expected {target_text}")
+            elif ports.get(port, port) != probe_target:
+                fail(cwhere, f"{probe} port {port!r} is not {target_text}")
+            else:
+                probed.append(f"{probe} {got}")
+        if len(failures) == before:
+            print(f"ok {cwhere}: {', '.join(probed)} on {target_text}")
     if proxies == 0:
         fail(where, "no container mounts a ConfigMap with config.toml (the proxy)")
     if pre_stop < 1:
@@ -518,6 +595,17 @@ def peer_text(peer):
     return " and ".join(parts) or "anything"
 
 
+def same_peers(a, b):
+    """True when NetworkPolicy peers `a` and `b` admit the same pods (or one all of the other's namespace)."""
+    if "ipBlock" in a or "ipBlock" in b:
+        return a.get("ipBlock") == b.get("ipBlock")
+    if a.get("namespaceSelector") != b.get("namespaceSelector"):
+        return False
+    everything = lambda sel: sel is None or not (sel.get("matchLabels") or sel.get("matchExpressions"))
+    pa, pb = a.get("podSelector"), b.get("podSelector")
+    return everything(pa) or everything(pb) or pa == pb
+
+
 def open_to_all(peer):
     """True for a peer that admits every pod of every namespace, or the internet."""
     if "ipBlock" in peer:
@@ -539,14 +627,19 @@ for path, dep in deployments:
     if not proxies:
         continue
     port_names = {p.get("name"): p["containerPort"] for c, _ in proxies for p in c.get("ports", []) or []}
-    proxy_ports = set(port_names.values())
+    admin_ports = {admin_port(config) for _, config in proxies} - {None}
+    # The public listener's ports, and the ports /metrics is served on.
+    proxy_ports = set(port_names.values()) - admin_ports
+    metrics_ports = admin_ports or {PROXY_PORT}
+    metrics_text = f"the proxy's admin port {sorted(admin_ports)} (admin.addr is set)" if admin_ports \
+        else f"the proxy's port {PROXY_PORT} (admin.addr is not set)"
     scraped = annotations.get("prometheus.io/scrape") == "true"
     if scraped:
         before = len(failures)
         port = annotations.get("prometheus.io/port")
         path_annotation = annotations.get("prometheus.io/path", "/metrics")
-        if not (port or "").isdigit() or int(port) not in proxy_ports:
-            fail(where, f"prometheus.io/port {port!r} is not the proxy's port {sorted(proxy_ports)}")
+        if not (port or "").isdigit() or int(port) not in metrics_ports:
+            fail(where, f"prometheus.io/port {port!r} is not {metrics_text}")
         if path_annotation != "/metrics":
             fail(where, f"prometheus.io/path {path_annotation!r} is not /metrics")
         if any(lookup(config, "metrics.enabled") is False for _, config in proxies):
@@ -558,27 +651,92 @@ for path, dep in deployments:
     policies = [o for o in policies if "Ingress" in (o["spec"].get("policyTypes") or ["Ingress"])]
     if trusting and not policies:
         fail(where, "listen.trust_forwarded_headers is on but no NetworkPolicy limits who reaches the proxy")
-    for policy in policies:
-        pwhere = f"{path} {name(policy)}"
+    def rule_covers(rule, ports):
+        """True when the NetworkPolicy ingress rule admits TCP to one of `ports`."""
+        rule_ports = rule.get("ports") or []
+        if not rule_ports:
+            return True  # every port
+        for p in rule_ports:
+            if (p.get("protocol") or "TCP") != "TCP":
+                continue
+            if "port" not in p:
+                return True  # every port of that protocol
+            start = port_names.get(p["port"], p["port"])
+            if not isinstance(start, int):
+                continue  # a port name the proxy does not declare
+            end = p.get("endPort") or start
+            if any(start <= number <= end for number in ports):
+                return True
+        return False
+
+    def admitted(policy, ports):
+        """(peers, everyone) that the policy lets reach one of `ports`."""
         peers, everyone = [], False
         for rule in policy["spec"].get("ingress") or []:
-            rule_ports = rule.get("ports") or []
-            if rule_ports and not any(
-                (p.get("protocol") or "TCP") == "TCP" and port_names.get(p.get("port"), p.get("port")) in proxy_ports
-                for p in rule_ports
-            ):
+            if not rule_covers(rule, ports):
                 continue
             sources = rule.get("from") or []
             everyone = everyone or not sources or any(open_to_all(peer) for peer in sources)
-            peers += [peer_text(peer) for peer in sources]
+            peers += sources
+        return peers, everyone
+
+    for policy in policies:
+        pwhere = f"{path} {name(policy)}"
+        sources, everyone = admitted(policy, proxy_ports)
+        peers = [peer_text(peer) for peer in sources]
+        # Before the admin listener, Prometheus scraped the proxy port too.
+        scraped_here = scraped and not admin_ports
         if trusting and everyone:
             fail(pwhere, "lets any source reach the proxy port, which trust_forwarded_headers makes unsafe")
         elif not peers and not everyone:
             fail(pwhere, "lets nothing reach the proxy port")
-        elif scraped and not everyone and len(peers) < 2:
+        elif scraped_here and not everyone and len(peers) < 2:
             fail(pwhere, f"pods are scraped by Prometheus but only {peers[0]} may reach the proxy port: add a rule for the monitoring namespace")
         else:
-            print(f"ok {pwhere}: proxy port open to {'everyone' if everyone else ', '.join(peers)}")
+            print(f"ok {pwhere}: proxy port {sorted(proxy_ports)} open to {'everyone' if everyone else ', '.join(peers)}")
+        if not admin_ports:
+            continue
+        # The admin port: Prometheus only. Whoever reaches the proxy port
+        # (the ingress controller) must not reach it, nor must everyone.
+        admin_sources, admin_everyone = admitted(policy, admin_ports)
+        admin_peers = [peer_text(peer) for peer in admin_sources]
+        shared = [peer_text(a) for a in admin_sources if any(same_peers(a, b) for b in sources)]
+        if admin_everyone:
+            fail(pwhere, f"lets any source reach the admin port {sorted(admin_ports)}: /healthz, /readyz and /metrics are not public")
+        elif shared:
+            fail(pwhere, f"lets {', '.join(shared)}, which reaches the proxy port (the ingress controller), "
+                         f"reach the admin port {sorted(admin_ports)} too: only Prometheus belongs there "
+                         "(give each rule its own port)")
+        elif scraped and not admin_peers:
+            fail(pwhere, f"pods are scraped by Prometheus on the admin port {sorted(admin_ports)} but no rule admits it: "
+                         "add one for the monitoring namespace on that port")
+        else:
+            print(f"ok {pwhere}: admin port {sorted(admin_ports)} open to {', '.join(admin_peers) or 'nothing (probes only)'}, "
+                  "not to the proxy port's sources")
+
+    # No other container of the pod (the sidecar's nginx) forwards to the
+    # admin port: through the web server it would be public.
+    for container, _ in pod_containers(spec):
+        if not admin_ports or any(container is c for c, _ in proxies):
+            continue
+        cwhere = f"{where} container {container['name']}"
+        before = len(failures)
+        volumes = {v["name"]: v for v in spec.get("volumes", []) or []}
+        loopback = re.compile(r"(?:127\.0\.0\.1|localhost|\[::1\]|0\.0\.0\.0):(%s)\b"
+                              % "|".join(str(p) for p in sorted(admin_ports)))
+        mounted = {((volumes.get(m["name"]) or {}).get("configMap") or {}).get("name")
+                   for m in container.get("volumeMounts", []) or []} - {None}
+        for cm_name in sorted(mounted):
+            obj = next((o for p, o in docs if p == path and o.get("kind") == "ConfigMap"
+                        and o["metadata"]["name"] == cm_name), None)
+            for key, text in ((obj or {}).get("data") or {}).items():
+                code = "\n".join(line.split("#", 1)[0] for line in str(text).splitlines())
+                hit = loopback.search(code)
+                if hit:
+                    fail(f"{cwhere} ConfigMap/{cm_name} {key}",
+                         f"forwards to the proxy's admin port ({hit.group(0)}): /healthz, /readyz and /metrics would be public")
+        if len(failures) == before:
+            print(f"ok {cwhere}: its config forwards nothing to the admin port {sorted(admin_ports)}")
 
 for path, obj in docs:
     if obj.get("kind") != "Secret":

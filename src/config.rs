@@ -64,6 +64,39 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub directline: DirectLineConfig,
     pub reload: ReloadConfig,
+    pub admin: AdminConfig,
+}
+
+/// The admin listener: `/healthz`, `/readyz` and `/metrics` on their own
+/// address, so probes and scrapes answer while the public listener is
+/// saturated, and metrics are not public.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Socket address; unset: the endpoints stay on the main listener.
+    pub addr: Option<String>,
+}
+
+impl AdminConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.socket_addr().map(|_| ())
+    }
+
+    /// The admin address, parsed, if configured.
+    pub fn socket_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        self.addr
+            .as_deref()
+            .map(|addr| {
+                addr.parse().map_err(|_| {
+                    ConfigError::invalid(
+                        "admin.addr",
+                        addr,
+                        "expected an IP socket address such as \"0.0.0.0:9090\"",
+                    )
+                })
+            })
+            .transpose()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,7 +247,12 @@ pub struct ListenConfig {
     /// the proxy; a request with another `Origin` gets 403. Empty: no check.
     pub allowed_origins: Vec<String>,
     pub max_connections: usize,
+    /// From accept: the first request's headers (first byte, TLS handshake
+    /// and preface included); then each request's headers.
     pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight is closed after this long
+    /// (HTTP/1 keep-alive and HTTP/2 alike).
+    pub idle_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests before exiting.
     pub drain_timeout_ms: u64,
 }
@@ -251,6 +289,13 @@ pub struct LimitsConfig {
     pub max_request_body_bytes: u64,
     /// Largest response body the proxy reads whole to rewrite it.
     pub max_rewrite_body_bytes: usize,
+    /// Conversation starts per client per minute (also the burst); 0: no quota.
+    pub conversations_per_minute_per_client: u32,
+    /// Activities posted (and uploads) per conversation per minute (also the
+    /// burst); 0: no quota.
+    pub activities_per_minute_per_conversation: u32,
+    /// WebSocket streams one client may hold open at once; 0: no quota.
+    pub max_streams_per_client: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -583,6 +628,7 @@ impl Default for ListenConfig {
             allowed_origins: Vec::new(),
             max_connections: 20_000,
             header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
             drain_timeout_ms: 10_000,
         }
     }
@@ -617,6 +663,9 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_request_body_bytes: 32 * 1024 * 1024,
             max_rewrite_body_bytes: 4 * 1024 * 1024,
+            conversations_per_minute_per_client: 300,
+            activities_per_minute_per_conversation: 300,
+            max_streams_per_client: 500,
         }
     }
 }
@@ -676,6 +725,7 @@ impl Config {
         self.log.validate()?;
         self.directline.validate()?;
         self.reload.validate()?;
+        self.admin.validate()?;
         self.sso.validate()?;
         if self.sso.reads_user_request() && self.listen.allowed_origins.is_empty() {
             return Err(ConfigError::invalid(
@@ -767,6 +817,12 @@ impl ListenConfig {
             600_000,
         )?;
         check_range(
+            "listen.idle_timeout_ms",
+            self.idle_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        check_range(
             "listen.drain_timeout_ms",
             self.drain_timeout_ms,
             0,
@@ -794,6 +850,10 @@ impl ListenConfig {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
     }
 
     /// The public base URL, parsed, if configured.
@@ -902,7 +962,21 @@ impl LimitsConfig {
             self.max_rewrite_body_bytes as u64,
             64 * 1024,
             256 * 1024 * 1024,
-        )
+        )?;
+        for (key, value) in [
+            (
+                "limits.conversations_per_minute_per_client",
+                self.conversations_per_minute_per_client,
+            ),
+            (
+                "limits.activities_per_minute_per_conversation",
+                self.activities_per_minute_per_conversation,
+            ),
+            ("limits.max_streams_per_client", self.max_streams_per_client),
+        ] {
+            check_range(key, u64::from(value), 0, 1_000_000)?;
+        }
+        Ok(())
     }
 }
 

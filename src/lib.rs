@@ -9,10 +9,12 @@ pub mod demo;
 pub mod directline;
 pub mod emulator;
 pub mod forward;
+pub mod idle;
 pub mod logging;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
+pub mod quota;
 pub mod reload;
 pub mod server;
 pub mod sso;
@@ -64,6 +66,7 @@ pub enum StartError {
 /// [`RunningProxy::shutdown`].
 pub struct RunningProxy {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     tls: bool,
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -73,6 +76,12 @@ pub struct RunningProxy {
 impl RunningProxy {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/healthz`, `/readyz` and `/metrics` are served, when `[admin]
+    /// addr` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// `http://addr` or `https://addr`.
@@ -119,6 +128,16 @@ impl RunningProxy {
     }
 }
 
+async fn bind_admin(config: &Config) -> Result<Option<TcpListener>, StartError> {
+    let Some(addr) = config.admin.socket_addr()? else {
+        return Ok(None);
+    };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
 /// Validates `config`, binds the listener and starts serving.
 pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     config.validate()?;
@@ -158,9 +177,12 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     let local_addr = tcp
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
+    let admin = bind_admin(&config).await?;
+    let admin_addr = admin.as_ref().and_then(|admin| admin.local_addr().ok());
     let shared = Arc::new(Shared {
         websocket_config: proxy::websocket_config(&config.websocket),
         connection_slots: Arc::new(Semaphore::new(config.listen.max_connections)),
+        quotas: quota::Quotas::new(&config.limits),
         tls: tls.is_some(),
         config,
         upstream,
@@ -176,9 +198,21 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     let stop = CancellationToken::new();
     let tls = tls.map(|acceptor| Arc::new(RwLock::new(acceptor)));
     let reloader = Arc::new(Reloader::new(shared.clone(), tls.clone()));
-    let task = server::spawn(server::Listener { tcp, tls }, shared.clone(), stop.clone());
+    let served = server::spawn(server::Listener { tcp, tls }, shared.clone(), stop.clone());
+    let admin_stop = CancellationToken::new();
+    if let Some(admin) = admin {
+        server::spawn_admin(admin, shared.clone(), admin_stop.clone());
+    }
+    // The admin listener answers through the drain (`/readyz` says 503).
+    let task = tokio::spawn(async move {
+        if let Err(error) = served.await {
+            tracing::error!(%error, "proxy task ended abnormally");
+        }
+        admin_stop.cancel();
+    });
     tracing::info!(
         %local_addr,
+        admin_addr = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         tls = shared.tls,
         upstream = %shared.upstream.base(),
         sso = shared.config.sso.provider.as_str(),
@@ -186,6 +220,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     );
     Ok(RunningProxy {
         local_addr,
+        admin_addr,
         tls: shared.tls,
         stop,
         task,

@@ -43,6 +43,13 @@ enum Command {
     Emulator {
         #[arg(long, default_value = "127.0.0.1:3978")]
         listen: SocketAddr,
+        /// Behave like the real service's rougher edges: indented JSON with
+        /// `\/` escapes, gzip when accepted, `permessage-deflate` accepted
+        /// when offered, GUID user ids. For testing what sits in front (the
+        /// proxy, which never passes the offer on): a browser connecting
+        /// directly would negotiate compression the emulator cannot read.
+        #[arg(long)]
+        rough: bool,
     },
 }
 
@@ -63,10 +70,11 @@ fn main() -> ExitCode {
                 logging::init(false);
                 report(demo::run(listen, !no_sso, shutdown_signal()).await)
             }
-            Command::Emulator { listen } => {
+            Command::Emulator { listen, rough } => {
                 logging::init(false);
                 let config = emulator::EmulatorConfig {
                     listen,
+                    rough,
                     ..Default::default()
                 };
                 report(emulator::run_standalone(config).await)

@@ -119,6 +119,11 @@ struct ErrorLabels {
     kind: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct QuotaLabels {
+    quota: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// 1 ms to about 33 s.
@@ -141,6 +146,8 @@ pub struct Metrics {
     provider_duration: HistogramFamily<ProviderLabels>,
     errors: Family<ErrorLabels, Counter>,
     reloads: Family<OutcomeLabels, Counter>,
+    quota_rejections: Family<QuotaLabels, Counter>,
+    tasks_alive: Gauge,
 }
 
 impl Default for Metrics {
@@ -167,6 +174,8 @@ impl Metrics {
             provider_duration: Family::new_with_constructor(histogram),
             errors: Family::default(),
             reloads: Family::default(),
+            quota_rejections: Family::default(),
+            tasks_alive: Gauge::default(),
         };
         metrics.register()
     }
@@ -239,6 +248,16 @@ impl Metrics {
             self.reloads.clone(),
         );
         r.register(
+            "tasks_alive",
+            "Tokio tasks alive in the proxy's runtime (a leak shows as steady growth)",
+            self.tasks_alive.clone(),
+        );
+        r.register(
+            "quota_rejections",
+            "Requests answered 429 by quota (mint, conversations, activities, streams)",
+            self.quota_rejections.clone(),
+        );
+        r.register(
             "build",
             "Build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -248,6 +267,11 @@ impl Metrics {
 
     /// The exposition text.
     pub fn encode(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.tasks_alive
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         let mut text = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::warn!(%error, "metrics could not be encoded");
@@ -321,6 +345,12 @@ impl Metrics {
         self.provider_duration
             .get_or_create(&ProviderLabels { provider })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn quota_rejected(&self, quota: &'static str) {
+        self.quota_rejections
+            .get_or_create(&QuotaLabels { quota })
+            .inc();
     }
 
     pub fn config_reload(&self, applied: bool) {

@@ -22,6 +22,7 @@ use crate::directline::{rest, stream};
 use crate::forward::ClientInfo;
 use crate::metrics::{Metrics, Transport};
 use crate::origin::{OriginCheck, OriginPolicy};
+use crate::quota::{self, Quotas};
 use crate::sso::decisions::Decisions;
 use crate::sso::{Requester, Sso, seal};
 use crate::upstream::Upstream;
@@ -58,6 +59,7 @@ pub struct Shared {
     pub connection_slots: Arc<Semaphore>,
     /// False once draining has begun, so `/readyz` takes the replica out.
     pub ready: AtomicBool,
+    pub quotas: Quotas,
 }
 
 impl Shared {
@@ -83,6 +85,16 @@ impl Shared {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Who a client is for quotas: the bound user, else its address.
+    pub fn client_key(&self, headers: &HeaderMap, client: &ClientInfo) -> String {
+        let bound = match self.requester(headers) {
+            Requester::Bound(user) => user,
+            Requester::Anonymous => None,
+        };
+        let trust = self.config.listen.trust_forwarded_headers;
+        quota::client_key(bound.as_deref(), headers, client, trust)
     }
 
     /// Who sent a request, as far as the proxy knows its users: the bound
@@ -184,21 +196,35 @@ async fn route(
     client: &ClientInfo,
 ) -> Response<ProxyBody> {
     let path = request.uri().path();
+    let admin_here = shared.config.admin.addr.is_none();
     match (request.method(), path) {
+        (&Method::GET, "/healthz" | "/readyz" | "/metrics") if admin_here => {
+            admin(shared, &request)
+        }
+        (_, p) if p.starts_with(PREFIX) => match Route::refusal(p) {
+            Some(reason) => directline_error(StatusCode::BAD_REQUEST, "BadArgument", reason),
+            None => directline(shared, policy, request, client).await,
+        },
+        _ => not_found(),
+    }
+}
+
+fn not_found() -> Response<ProxyBody> {
+    directline_error(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "Only Direct Line 3.0 paths are served here.",
+    )
+}
+
+/// The operational endpoints: on the main listener, or on the admin one
+/// (`[admin] addr`) and then only there.
+pub fn admin<B>(shared: &Shared, request: &Request<B>) -> Response<ProxyBody> {
+    match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => text_response(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readiness(shared),
         (&Method::GET, "/metrics") if shared.config.metrics.enabled => metrics(shared),
-        (_, p) if p.starts_with(PREFIX) && Route::has_dot_segments(p) => directline_error(
-            StatusCode::BAD_REQUEST,
-            "BadArgument",
-            "Dot segments are not allowed in the path.",
-        ),
-        (_, p) if p.starts_with(PREFIX) => directline(shared, policy, request, client).await,
-        _ => directline_error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "Only Direct Line 3.0 paths are served here.",
-        ),
+        _ => not_found(),
     }
 }
 
@@ -246,6 +272,10 @@ async fn directline(
 ) -> Response<ProxyBody> {
     let sealed = take_sealed_context(&mut request);
     let route = Route::classify(request.method(), request.uri().path());
+    let client_key = || shared.client_key(request.headers(), client);
+    if let Some(over) = shared.quotas.admit(&route, client_key, &shared.metrics) {
+        return over.into_response();
+    }
     // The query is never logged: it can carry the stream token `t=`.
     let span = tracing::info_span!(
         "request",

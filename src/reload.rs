@@ -183,6 +183,10 @@ fn warn_about_fixed_sections(current: &Config, new: &Config) {
             format!("{:?}", current.metrics) != format!("{:?}", new.metrics),
         ),
         (
+            "admin",
+            format!("{:?}", current.admin) != format!("{:?}", new.admin),
+        ),
+        (
             "directline",
             format!("{:?}", current.directline) != format!("{:?}", new.directline),
         ),

@@ -972,3 +972,178 @@ async fn shutdown_closes_open_streams_and_stops_listening() {
     assert_eq!(closing.await.unwrap(), 1001);
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+fn rough() -> EmulatorConfig {
+    EmulatorConfig {
+        rough: true,
+        keepalive_interval: None,
+        ..EmulatorConfig::default()
+    }
+}
+
+/// A request with extra headers; the answer's headers and raw body.
+async fn raw_call(
+    em: &Emulator,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (http::HeaderMap, Bytes) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", em.base_url()))
+        .header(header::AUTHORIZATION, format!("Bearer {}", em.secret()));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::from(body.to_string())));
+    let response = client.request(request.unwrap()).await.expect("request");
+    let headers = response.headers().clone();
+    (
+        headers,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[tokio::test]
+async fn rough_answers_are_indented_with_escaped_slashes() {
+    let em = emulator_with(rough()).await;
+    let (headers, body) =
+        raw_call(&em, Method::POST, "/v3/directline/conversations", &[], "").await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(text.starts_with("{\r\n  \""), "{text}");
+    assert!(text.contains("\"streamUrl\": \"ws:\\/\\/"), "{text}");
+    assert!(!text.contains("ws://"), "{text}");
+    assert!(!headers.contains_key(header::CONTENT_ENCODING));
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert!(answer["streamUrl"].as_str().unwrap().starts_with("ws://"));
+}
+
+#[tokio::test]
+async fn a_compliant_emulator_answers_on_one_line() {
+    let em = emulator().await;
+    let (_, body) = raw_call(
+        &em,
+        Method::POST,
+        "/v3/directline/conversations",
+        &[("accept-encoding", "gzip")],
+        "",
+    )
+    .await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(text.starts_with("{\"") && text.contains("ws://") && !text.contains('\n'));
+}
+
+#[tokio::test]
+async fn rough_answers_are_gzipped_only_when_the_client_accepts_it() {
+    use std::io::Read;
+    let em = emulator_with(rough()).await;
+    let path = "/v3/directline/tokens/generate";
+    let (headers, body) =
+        raw_call(&em, Method::POST, path, &[("accept-encoding", "gzip")], "").await;
+    assert_eq!(headers[header::CONTENT_ENCODING], "gzip");
+    assert_eq!(headers[header::VARY], "Accept-Encoding");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut text)
+        .expect("a gzip body");
+    assert!(text.starts_with("{\r\n"), "{text}");
+    assert!(serde_json::from_str::<Value>(&text).unwrap()["token"].is_string());
+
+    let (headers, body) = raw_call(
+        &em,
+        Method::POST,
+        path,
+        &[("accept-encoding", "gzip;q=0")],
+        "",
+    )
+    .await;
+    assert!(!headers.contains_key(header::CONTENT_ENCODING));
+    assert!(serde_json::from_slice::<Value>(&body).is_ok());
+}
+
+#[tokio::test]
+async fn a_rough_stream_writes_the_oauth_content_type_escaped() {
+    let em = emulator_with(rough()).await;
+    let conversation = start(&em).await;
+    let mut ws = connect(&conversation.stream_url).await;
+    next_set(&mut ws).await;
+    assert_eq!(
+        say(&em, &conversation, "signin").await.status,
+        StatusCode::OK
+    );
+    let card_text = loop {
+        let message = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("stream open")
+            .expect("stream ok");
+        let Message::Text(text) = message else {
+            panic!("unexpected {message:?}")
+        };
+        if text.contains("card.oauth") {
+            break text.to_string();
+        }
+    };
+    assert!(card_text.contains("\"contentType\": \"application\\/vnd.microsoft.card.oauth\""));
+    assert!(!card_text.contains(OAUTH_CARD));
+    assert!(
+        card_text.starts_with("{\r\n  \"activities\": [\r\n"),
+        "{card_text}"
+    );
+}
+
+#[tokio::test]
+async fn a_rough_handshake_accepts_permessage_deflate_only_when_offered() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let em = emulator_with(rough()).await;
+    let conversation = start(&em).await;
+    let mut request = conversation
+        .stream_url
+        .as_str()
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        header::SEC_WEBSOCKET_EXTENSIONS,
+        "permessage-deflate; client_max_window_bits"
+            .parse()
+            .unwrap(),
+    );
+    let (_, response) = connect_async(request).await.expect("websocket connects");
+    assert_eq!(
+        response.headers()[header::SEC_WEBSOCKET_EXTENSIONS],
+        "permessage-deflate"
+    );
+
+    let reconnect = get(
+        &em,
+        &format!("/v3/directline/conversations/{}", conversation.id),
+        Some(&conversation.token),
+    )
+    .await;
+    let url = reconnect.json()["streamUrl"].as_str().unwrap().to_string();
+    let (_, response) = connect_async(url).await.expect("websocket connects");
+    assert!(
+        !response
+            .headers()
+            .contains_key(header::SEC_WEBSOCKET_EXTENSIONS)
+    );
+}
+
+#[tokio::test]
+async fn a_rough_conversation_started_without_a_user_gets_a_guid() {
+    let em = emulator_with(rough()).await;
+    let conversation = start(&em).await;
+    let anonymous = json!({ "type": "message", "text": "who am I" });
+    let path = activities_path(&conversation);
+    let answer = post(&em, &path, Some(&conversation.token), &anonymous).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let set = poll(&em, &conversation, None).await;
+    let welcome_to = set["activities"][0]["recipient"]["id"].as_str().unwrap();
+    let sent_by = set["activities"][1]["from"]["id"].as_str().unwrap();
+    assert_eq!(welcome_to, sent_by);
+    assert_eq!(sent_by.len(), 36, "{sent_by}");
+    assert!(!sent_by.starts_with("dl_"), "{sent_by}");
+}

@@ -1,6 +1,9 @@
 //! Logs of a full conversation never contain a token or a secret. Its own
 //! test binary: it installs the process-wide log subscriber.
 
+/// Read by `common`: the compliant emulator.
+const ROUGH_EMULATOR: bool = false;
+
 mod common;
 
 use std::io::Write;
@@ -12,7 +15,7 @@ use http::Method;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{EmulatorConfig, Stack, activities_until, ws_connect};
+use common::{EmulatorConfig, Stack, activities_until, ws_connect_with_header};
 use directline_proxy::config::StaticProviderConfig;
 
 const USER_TOKEN: &str = "user-token-that-must-not-leak";
@@ -102,7 +105,8 @@ async fn logs_of_a_full_conversation_contain_no_token_or_secret() {
         .json();
     let refreshed_token = refreshed["token"].as_str().expect("token").to_string();
 
-    let conv = stack.start_conversation().await;
+    let user = ("x-forwarded-user", "logged@example.com");
+    let conv = stack.start_conversation_as(&[user]).await;
     let stream_token = conv
         .stream_url
         .split("t=")
@@ -112,7 +116,7 @@ async fn logs_of_a_full_conversation_contain_no_token_or_secret() {
         .next()
         .expect("t")
         .to_string();
-    let mut ws = ws_connect(&conv.stream_url).await;
+    let mut ws = ws_connect_with_header(&conv.stream_url, user.0, user.1).await;
     let sealed = conv
         .stream_url
         .split("dlpx=")

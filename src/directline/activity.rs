@@ -17,23 +17,93 @@ pub const PROXY_INVOKE_MARKER: &str = "dlproxy-sso-";
 
 /// The fast path's test: a frame containing neither marker goes out as it
 /// came, without a JSON parse.
+///
+/// A marker counts however the JSON spells it: any character may be written
+/// as an escape (`application\/vnd...`, `\u0061pplication...`), as the real
+/// service's serialiser does with `/`. A frame without a backslash cannot
+/// hold an escaped marker, so most frames cost one literal search and one
+/// `memchr`; only frames with escapes get the escape-aware scan. A hit may
+/// be a false positive (an escaped backslash before `u002f`, a marker in
+/// text): the parse that follows decides.
 pub struct Markers {
-    oauth: Finder<'static>,
-    proxy_invoke: Finder<'static>,
+    oauth: Marker,
+    proxy_invoke: Marker,
 }
 
 impl Default for Markers {
     fn default() -> Self {
         Markers {
-            oauth: Finder::new(OAUTH_CARD.as_bytes()).into_owned(),
-            proxy_invoke: Finder::new(PROXY_INVOKE_MARKER.as_bytes()).into_owned(),
+            oauth: Marker::new(OAUTH_CARD),
+            proxy_invoke: Marker::new(PROXY_INVOKE_MARKER),
         }
     }
 }
 
 impl Markers {
     pub fn present(&self, bytes: &[u8]) -> bool {
-        self.oauth.find(bytes).is_some() || self.proxy_invoke.find(bytes).is_some()
+        if self.oauth.literal(bytes) || self.proxy_invoke.literal(bytes) {
+            return true;
+        }
+        memchr::memchr(b'\\', bytes).is_some()
+            && (self.oauth.escaped(bytes) || self.proxy_invoke.escaped(bytes))
+    }
+}
+
+/// One ASCII marker and its literal searcher.
+struct Marker {
+    text: &'static [u8],
+    finder: Finder<'static>,
+}
+
+impl Marker {
+    fn new(text: &'static str) -> Marker {
+        Marker {
+            text: text.as_bytes(),
+            finder: Finder::new(text.as_bytes()).into_owned(),
+        }
+    }
+
+    fn literal(&self, bytes: &[u8]) -> bool {
+        self.finder.find(bytes).is_some()
+    }
+
+    /// Whether the marker appears with at least one character escaped.
+    /// Linear in `bytes` times the marker's length: a match can only start
+    /// at the marker's first character or at a backslash.
+    fn escaped(&self, bytes: &[u8]) -> bool {
+        let Some(&first) = self.text.first() else {
+            return false;
+        };
+        memchr::memchr2_iter(first, b'\\', bytes)
+            .any(|start| spelled_at(&bytes[start..], self.text))
+    }
+}
+
+/// Whether `bytes` starts with `text`, each character written as itself or
+/// as a JSON string escape of it.
+fn spelled_at(mut bytes: &[u8], text: &[u8]) -> bool {
+    for &expected in text {
+        match json_char(bytes) {
+            Some((decoded, used)) if decoded == expected => bytes = &bytes[used..],
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// The ASCII character a JSON string's next bytes stand for, and how many
+/// bytes that took; `None` for anything that is not one ASCII character.
+fn json_char(bytes: &[u8]) -> Option<(u8, usize)> {
+    match bytes {
+        [b'\\', b'u', digits @ ..] => {
+            let hex = std::str::from_utf8(digits.get(..4)?).ok()?;
+            let code = u8::try_from(u16::from_str_radix(hex, 16).ok()?).ok()?;
+            code.is_ascii().then_some((code, 6))
+        }
+        [b'\\', escaped @ (b'/' | b'\\' | b'"'), ..] => Some((*escaped, 2)),
+        [b'\\', ..] => None,
+        [byte, ..] => Some((*byte, 1)),
+        [] => None,
     }
 }
 
@@ -150,9 +220,12 @@ fn is_proxy_invoke(activity: &Value) -> bool {
 
 /// Whether the activity is the echo of something the user posted: cards in
 /// those are the user's, not the bot's, and are never acted on (a user could
-/// otherwise aim the proxy at a `sasUrl` of their choosing). Direct Line user
-/// ids start with `dl_`; clients mark their own activities with
-/// `role: "user"` or a `clientActivityID`.
+/// otherwise aim the proxy at a `sasUrl` of their choosing). Best effort:
+/// `dl_` is the prefix reserved for user ids embedded in tokens (the proxy's
+/// own binding always uses it), but sites bind ids of any shape; Web Chat
+/// marks what it posts with `role: "user"` and a `clientActivityID`, other
+/// clients may not. Where it matters, binding decides: a card is decided
+/// only for the bound user it is addressed to.
 fn sent_by_user(activity: &Value) -> bool {
     let from = &activity["from"];
     from["role"] == "user"
@@ -211,7 +284,9 @@ fn sign_in_id(content: &Value) -> Option<String> {
 
 /// The set with `exchanged` cards removed and `findings.proxy_invokes`
 /// dropped. An activity left with nothing to show is dropped too; untouched
-/// activities and everything outside the array keep their bytes.
+/// activities, the whitespace and commas between those that stay, and
+/// everything outside the array keep their bytes (pretty-printed sets stay
+/// pretty; a changed activity is written compactly).
 pub fn rewrite(set: &ActivitySet<'_>, findings: &Findings, exchanged: &[&OAuthCard]) -> Vec<u8> {
     // Linear in the set: a client can fill a polled set with card-shaped
     // activities, so nothing here may be quadratic in their number.
@@ -222,11 +297,26 @@ pub fn rewrite(set: &ActivitySet<'_>, findings: &Findings, exchanged: &[&OAuthCa
             .or_default()
             .push(card.attachment);
     }
-    let mut out = Vec::with_capacity(set.bytes.len());
-    out.extend_from_slice(&set.bytes[..set.array.start]);
-    out.push(b'[');
-    let mut first = true;
+    let bytes = set.bytes;
+    let offset = |raw: &RawValue| raw.get().as_ptr() as usize - bytes.as_ptr() as usize;
+    // Just after `[`, and at `]`.
+    let (open, close) = (set.array.start + 1, set.array.end - 1);
+    let leading = set
+        .activities
+        .first()
+        .map_or(open..open, |raw| open..offset(raw));
+    let trailing = set
+        .activities
+        .last()
+        .map_or(close..close, |raw| offset(raw) + raw.get().len()..close);
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&bytes[..open]);
+    let mut previous_end = open;
+    let mut kept_any = false;
     for (index, raw) in set.activities.iter().enumerate() {
+        let start = offset(raw);
+        let separator = previous_end..start;
+        previous_end = start + raw.get().len();
         if findings.proxy_invokes.binary_search(&index).is_ok() {
             continue;
         }
@@ -243,14 +333,15 @@ pub fn rewrite(set: &ActivitySet<'_>, findings: &Findings, exchanged: &[&OAuthCa
             },
             _ => std::borrow::Cow::Borrowed(raw.get()),
         };
-        if !first {
-            out.push(b',');
-        }
-        first = false;
+        let before = if kept_any { separator } else { leading.clone() };
+        out.extend_from_slice(&bytes[before]);
         out.extend_from_slice(kept.as_bytes());
+        kept_any = true;
     }
-    out.push(b']');
-    out.extend_from_slice(&set.bytes[set.array.end..]);
+    if kept_any {
+        out.extend_from_slice(&bytes[trailing]);
+    }
+    out.extend_from_slice(&bytes[close..]);
     out
 }
 
@@ -341,6 +432,123 @@ mod tests {
         assert!(!markers.present(b"{\"activities\":[{\"type\":\"message\",\"text\":\"hi\"}]}"));
         assert!(!markers.present(b""));
         assert!(markers.present(OAUTH_CARD.as_bytes()));
+    }
+
+    #[test]
+    fn escaped_markers_are_found() {
+        let markers = Markers::default();
+        for spelled in [
+            "application\\/vnd.microsoft.card.oauth",
+            "application\\u002fvnd.microsoft.card.oauth",
+            "application\\u002Fvnd.microsoft.card.oauth",
+            "\\u0061pplication/vnd.microsoft.card.oauth",
+            "application/vnd.microsoft.card.o\\u0061ut\\u0068",
+            "\\u0064lproxy\\u002dsso\\u002d",
+        ] {
+            let frame = format!("{{\"contentType\":\"{spelled}\"}}");
+            assert!(markers.present(frame.as_bytes()), "{spelled}");
+        }
+    }
+
+    #[test]
+    fn escapes_alone_do_not_leave_the_fast_path() {
+        let markers = Markers::default();
+        for frame in [
+            "{\"text\":\"a \\\"quote\\\" and a \\n newline\"}",
+            "{\"contentType\":\"application\\/vnd.microsoft.card.hero\"}",
+            "{\"contentType\":\"application\\/vnd.microsoft.card.oaut\\u00",
+            "{\"contentType\":\"application\\u00e9vnd.microsoft.card.oauth\"}",
+            "\\",
+        ] {
+            assert!(!markers.present(frame.as_bytes()), "{frame}");
+        }
+    }
+
+    #[test]
+    fn a_pretty_printed_card_with_escaped_slashes_is_found() {
+        let card = card_activity("c", vec![oauth(Some("ex"), Some("https://h/s"))]);
+        let pretty = serde_json::to_string_pretty(&json!({"activities": [card], "watermark": "3"}))
+            .expect("json")
+            .replace('/', "\\/");
+        assert!(!pretty.contains(OAUTH_CARD));
+        let found = findings(pretty.as_bytes());
+        assert_eq!(found.cards.len(), 1);
+        assert_eq!(found.cards[0].sas_url.as_deref(), Some("https://h/s"));
+    }
+
+    #[test]
+    fn an_escaped_proxy_invoke_echo_is_recognised() {
+        let echo =
+            "{\"type\":\"invoke\",\"channelData\":{\"clientActivityID\":\"dlproxy\\u002Dsso-7\"}}";
+        let bytes = format!("{{\"activities\":[{echo}]}}");
+        assert_eq!(findings(bytes.as_bytes()).proxy_invokes, vec![0]);
+    }
+
+    #[test]
+    fn removing_a_card_from_a_pretty_set_keeps_every_other_byte() {
+        let pretty = |value: &Value| serde_json::to_string_pretty(value).expect("json");
+        let indent = |text: String| text.replace('\n', "\n    ");
+        let first = indent(pretty(
+            &json!({"type": "message", "id": "a", "text": "before"}),
+        ));
+        let card = indent(pretty(&card_activity("c", vec![oauth(Some("ex"), None)])));
+        let last = indent(pretty(
+            &json!({"type": "message", "id": "b", "text": "after"}),
+        ));
+        let set = |items: &[&str]| {
+            format!(
+                "{{\n  \"activities\": [\n    {}\n  ],\n  \"watermark\": \"7\"\n}}",
+                items.join(",\n    ")
+            )
+        };
+        for (items, expected) in [
+            (vec![&first, &card, &last], vec![&first, &last]),
+            (vec![&card, &last], vec![&last]),
+            (vec![&first, &card], vec![&first]),
+        ] {
+            let items: Vec<&str> = items.iter().map(|s| s.as_str()).collect();
+            let expected: Vec<&str> = expected.iter().map(|s| s.as_str()).collect();
+            let bytes = set(&items);
+            let parsed = ActivitySet::parse(bytes.as_bytes()).expect("set");
+            let found = scan(&parsed, &Markers::default());
+            let out = rewrite(&parsed, &found, &found.cards.iter().collect::<Vec<_>>());
+            assert_eq!(String::from_utf8(out).expect("utf8"), set(&expected));
+        }
+    }
+
+    #[test]
+    fn a_pretty_set_whose_only_activity_goes_keeps_its_watermark() {
+        let card = card_activity("c", vec![oauth(Some("ex"), None)]);
+        let bytes = serde_json::to_string_pretty(&json!({"activities": [card], "watermark": "7"}))
+            .expect("json");
+        let set = ActivitySet::parse(bytes.as_bytes()).expect("set");
+        let found = scan(&set, &Markers::default());
+        let out = rewrite(&set, &found, &found.cards.iter().collect::<Vec<_>>());
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "{\n  \"activities\": [],\n  \"watermark\": \"7\"\n}"
+        );
+    }
+
+    #[test]
+    fn a_changed_activity_is_the_only_one_rewritten_in_a_pretty_set() {
+        let hero = json!({"contentType": "application/vnd.microsoft.card.hero", "content": {"title": "t"}});
+        let sibling =
+            "{\n      \"type\": \"message\",\n      \"text\": \"caf\\u00e9 \\/ bar\"\n    }";
+        let card = card_activity("c", vec![oauth(Some("ex"), None), hero.clone()]);
+        let bytes = format!(
+            "{{\n  \"activities\": [\n    {sibling},\n    {}\n  ]\n}}",
+            serde_json::to_string_pretty(&card).expect("json")
+        );
+        let set = ActivitySet::parse(bytes.as_bytes()).expect("set");
+        let found = scan(&set, &Markers::default());
+        let out = rewrite(&set, &found, &found.cards.iter().collect::<Vec<_>>());
+        let mut expected_card = card.clone();
+        expected_card["attachments"] = json!([hero]);
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            format!("{{\n  \"activities\": [\n    {sibling},\n    {expected_card}\n  ]\n}}")
+        );
     }
 
     #[test]

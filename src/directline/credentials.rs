@@ -11,9 +11,7 @@
 //! client never speaks as a user id of its choosing. Minting is rate limited
 //! per client.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
@@ -23,16 +21,15 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 use super::route::Route;
-use crate::body::{BoxError, ProxyBody, directline_error, full, json_response};
+use crate::body::{BoxError, ProxyBody, directline_error, full};
 use crate::config::DirectLineConfig;
-use crate::forward::{ClientInfo, X_FORWARDED_FOR, nearest_forwarded};
+use crate::forward::ClientInfo;
+use crate::quota::{KeyedRate, client_key, too_many_requests};
 use crate::sso::providers::{bearer_value, single_value};
 use crate::upstream::Upstream;
 
 /// A mint request body larger than this is not a Direct Line token request.
 const MAX_MINT_BODY_BYTES: usize = 64 * 1024;
-/// Rate-limit buckets kept at most; idle (full) buckets are dropped first.
-const MAX_BUCKETS: usize = 100_000;
 
 #[derive(Debug, Error)]
 pub enum CredentialsError {
@@ -66,7 +63,9 @@ impl Refusal {
                 "BadArgument",
                 "The request body is not a JSON object.",
             ),
-            Refusal::TooMany(retry_after) => too_many_requests(retry_after),
+            Refusal::TooMany(retry_after) => {
+                too_many_requests(retry_after, "Too many token requests; retry later.")
+            }
             Refusal::MintFailed => directline_error(
                 StatusCode::BAD_GATEWAY,
                 "BadGateway",
@@ -81,7 +80,7 @@ pub struct ServerCredentials {
     user_id_header: Option<HeaderName>,
     allow_client_user_id: bool,
     user_key: hmac::Key,
-    limiter: RateLimiter,
+    limiter: KeyedRate,
 }
 
 impl ServerCredentials {
@@ -116,7 +115,7 @@ impl ServerCredentials {
             // Keyed by the secret: the same on every replica, and unknown
             // to clients, so user ids cannot be precomputed or reversed.
             user_key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
-            limiter: RateLimiter::new(config.mint_rate_per_minute, config.mint_burst),
+            limiter: KeyedRate::new(config.mint_rate_per_minute, config.mint_burst),
         }))
     }
 
@@ -163,10 +162,8 @@ impl ServerCredentials {
             Some(name) => Some(self.bound_user_id(request.headers(), name)?),
             None => None,
         };
-        let client_key = bound
-            .clone()
-            .unwrap_or_else(|| client_address(request.headers(), client, trust_forwarded));
-        self.limiter.take(&client_key).map_err(Refusal::TooMany)?;
+        let limit_key = client_key(bound.as_deref(), request.headers(), client, trust_forwarded);
+        self.limiter.check(&limit_key).map_err(Refusal::TooMany)?;
         let user_id = match bound {
             Some(bound) => Some(bound),
             None if self.allow_client_user_id => None,
@@ -287,94 +284,9 @@ async fn read_small(mut body: ProxyBody) -> Option<Bytes> {
     Some(bytes.freeze())
 }
 
-/// The client's address: behind a trusted ingress the last
-/// `X-Forwarded-For` entry (the one the ingress appended; earlier ones are
-/// the client's own claims), else the peer.
-fn client_address(headers: &HeaderMap, client: &ClientInfo, trust_forwarded: bool) -> String {
-    trust_forwarded
-        .then(|| nearest_forwarded(headers, &X_FORWARDED_FOR))
-        .flatten()
-        .map(str::to_string)
-        .unwrap_or_else(|| client.ip.to_string())
-}
-
-fn too_many_requests(retry_after: Duration) -> Response<ProxyBody> {
-    let seconds = retry_after.as_secs().max(1);
-    let body = json!({"error": {"code": "TooManyRequests", "message": "Too many token requests; retry later."}});
-    let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, body.to_string());
-    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
-    response
-}
-
-/// A token bucket per client key.
-struct RateLimiter {
-    per_second: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
-}
-
-impl RateLimiter {
-    fn new(per_minute: u32, burst: u32) -> RateLimiter {
-        RateLimiter {
-            per_second: f64::from(per_minute) / 60.0,
-            burst: f64::from(burst.max(1)),
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes one token, or says how long until one is there.
-    fn take(&self, key: &str) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
-            self.forget_idle(&mut buckets, now);
-        }
-        let (tokens, last) = buckets.entry(key.to_string()).or_insert((self.burst, now));
-        *tokens =
-            (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            return Ok(());
-        }
-        let missing = 1.0 - *tokens;
-        let wait = if self.per_second > 0.0 {
-            missing / self.per_second
-        } else {
-            3600.0
-        };
-        Err(Duration::from_secs_f64(wait.ceil()))
-    }
-
-    fn forget_idle(&self, buckets: &mut HashMap<String, (f64, Instant)>, now: Instant) {
-        let refill = |tokens: f64, last: Instant| {
-            tokens + now.duration_since(last).as_secs_f64() * self.per_second
-        };
-        buckets.retain(|_, (tokens, last)| refill(*tokens, *last) < self.burst);
-        if buckets.len() >= MAX_BUCKETS {
-            buckets.clear();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_bucket_allows_the_burst_then_asks_to_wait() {
-        let limiter = RateLimiter::new(60, 2);
-        assert!(limiter.take("a").is_ok());
-        assert!(limiter.take("a").is_ok());
-        let wait = limiter.take("a").expect_err("over the burst");
-        assert!(
-            wait >= Duration::from_secs(1) && wait <= Duration::from_secs(2),
-            "{wait:?}"
-        );
-        assert!(limiter.take("b").is_ok(), "other clients are not affected");
-    }
 
     #[tokio::test]
     async fn binding_replaces_the_user_id_and_keeps_other_fields() {

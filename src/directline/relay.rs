@@ -36,6 +36,9 @@ pub enum Outcome {
     UpstreamClosed,
     ClientLost,
     UpstreamLost,
+    /// A frame or message over `websocket.max_frame_bytes` or
+    /// `max_message_bytes`: closed with 1009 on both sides.
+    TooBig,
     Shutdown,
 }
 
@@ -205,6 +208,11 @@ where
                 };
                 continue;
             }
+            Some(Err(WsError::Capacity(error))) => {
+                tracing::info!(?direction, %error, "WebSocket message over the limit: closing with 1009");
+                let _ = sink.send(Message::Close(Some(too_big_frame()))).await;
+                return Outcome::TooBig;
+            }
             Some(Err(error)) => {
                 tracing::debug!(?direction, %error, "WebSocket read failed");
                 let _ = sink
@@ -219,6 +227,16 @@ where
                 return direction.outcome(false);
             }
         }
+    }
+}
+
+/// RFC 6455 section 7.4.1: 1009, a message too big to process. The other
+/// side hears it; the side that sent the message gets the echo of the
+/// close handshake through the relay.
+fn too_big_frame() -> CloseFrame {
+    CloseFrame {
+        code: CloseCode::Size,
+        reason: "message too big".into(),
     }
 }
 

@@ -10,7 +10,7 @@ use http::{HeaderMap, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::credentials::ServerCredentials;
+use super::credentials::{Refusal, ServerCredentials};
 use super::route::Route;
 use super::stream_url::{self, PublicBase};
 use crate::body::{BoxError, ProxyBody, directline_error, full, limited};
@@ -64,7 +64,12 @@ pub async fn relay(
             .await
         {
             Ok(request) => request,
-            Err(refusal) => return refusal.into_response(),
+            Err(refusal) => {
+                if matches!(refusal, Refusal::TooMany(_)) {
+                    shared.metrics.quota_rejected("mint");
+                }
+                return refusal.into_response();
+            }
         };
     }
     let upstream_request = match upstream_request(shared, policy, &treatment, request, client) {

@@ -16,6 +16,9 @@ pub enum Route {
     Poll { conversation_id: String },
     /// `.../conversations/{id}/stream` or `.../stream/multimodal`.
     Stream { conversation_id: String },
+    /// `POST .../conversations/{id}/activities` or `.../upload`: the user
+    /// sends something (counted against the conversation's quota).
+    Send { conversation_id: String },
     /// Any other call under the prefix, forwarded as it is.
     Other { conversation_id: Option<String> },
 }
@@ -49,6 +52,11 @@ impl Route {
             (&Method::GET, ["conversations", _, "activities"]) if has_id => Route::Poll {
                 conversation_id: id(),
             },
+            (&Method::POST, ["conversations", _, "activities" | "upload"]) if has_id => {
+                Route::Send {
+                    conversation_id: id(),
+                }
+            }
             (_, ["conversations", _, "stream"] | ["conversations", _, "stream", "multimodal"])
                 if has_id =>
             {
@@ -65,9 +73,26 @@ impl Route {
         }
     }
 
-    /// Whether the path has a `.` or `..` segment (also percent-encoded):
-    /// such a path could leave `/v3/directline/` at an upstream that
-    /// normalises it, so it is refused.
+    /// Why a path is refused before it reaches the upstream, if it is:
+    /// dot segments (also encoded) could leave `/v3/directline/` at an
+    /// upstream that normalises them; encoded slashes and backslashes, raw
+    /// backslashes, encoded NUL and double encoding (`%25`) could be decoded
+    /// or converted by an IIS-style upstream into a path the proxy never saw.
+    pub fn refusal(path: &str) -> Option<&'static str> {
+        if Route::has_dot_segments(path) {
+            return Some("Dot segments are not allowed in the path.");
+        }
+        let lower = path.to_ascii_lowercase();
+        let smuggles = ["%2f", "%5c", "%00", "%25"]
+            .iter()
+            .any(|escape| lower.contains(escape))
+            || path.contains('\\');
+        smuggles.then_some(
+            "Encoded slashes, backslashes, NUL and double encoding are not allowed in the path.",
+        )
+    }
+
+    /// Whether the path has a `.` or `..` segment (also percent-encoded).
     pub fn has_dot_segments(path: &str) -> bool {
         path.split('/').any(|segment| {
             let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
@@ -83,6 +108,7 @@ impl Route {
             Route::Reconnect { .. } => "reconnect",
             Route::Poll { .. } => "poll",
             Route::Stream { .. } => "stream",
+            Route::Send { .. } => "send",
             Route::Other { .. } => "other",
         }
     }
@@ -92,7 +118,8 @@ impl Route {
             Route::GenerateToken | Route::StartConversation => None,
             Route::Reconnect { conversation_id }
             | Route::Poll { conversation_id }
-            | Route::Stream { conversation_id } => Some(conversation_id),
+            | Route::Stream { conversation_id }
+            | Route::Send { conversation_id } => Some(conversation_id),
             Route::Other { conversation_id } => conversation_id.as_deref(),
         }
     }
@@ -236,6 +263,28 @@ mod tests {
     }
 
     #[test]
+    fn paths_that_an_upstream_could_decode_differently_are_refused() {
+        for path in [
+            "/v3/directline/conversations/..%2F..%2Fetc%2Fpasswd",
+            "/v3/directline/conversations/a%2fb/activities",
+            "/v3/directline/conversations/a%5Cb",
+            "/v3/directline/..\\..\\x",
+            "/v3/directline/conversations/a%00/activities",
+            "/v3/directline/conversations/a%252F/activities",
+            "/v3/directline/../admin",
+        ] {
+            assert!(Route::refusal(path).is_some(), "{path}");
+        }
+        for path in [
+            "/v3/directline/conversations/abc/activities",
+            "/v3/directline/conversations/%4Dx/activities",
+            "/v3/directline/conversations/a.b/stream",
+        ] {
+            assert_eq!(Route::refusal(path), None, "{path}");
+        }
+    }
+
+    #[test]
     fn dot_segments_are_detected_also_encoded() {
         assert!(Route::has_dot_segments("/v3/directline/../admin"));
         assert!(Route::has_dot_segments("/v3/directline/%2e%2E/admin"));
@@ -249,6 +298,18 @@ mod tests {
     fn everything_else_is_forwarded_as_other() {
         assert_eq!(
             classify(Method::POST, "/v3/directline/conversations/abc/activities"),
+            Route::Send {
+                conversation_id: "abc".into()
+            }
+        );
+        assert_eq!(
+            classify(Method::POST, "/v3/directline/conversations/abc/upload"),
+            Route::Send {
+                conversation_id: "abc".into()
+            }
+        );
+        assert_eq!(
+            classify(Method::PUT, "/v3/directline/conversations/abc/activities"),
             Route::Other {
                 conversation_id: Some("abc".into())
             }

@@ -5,6 +5,8 @@
 //! handshake upstream, check the upstream's 101, answer the client with it,
 //! then turn both upgraded connections into tungstenite streams.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -23,6 +25,7 @@ use crate::body::{BoxError, ProxyBody, directline_error, empty};
 use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::{ErrorKind, Transport};
 use crate::proxy::{Policy, Shared};
+use crate::quota::OpenStream;
 use crate::upstream::UpstreamError;
 
 /// Whether the request asks for a WebSocket upgrade (RFC 6455 section 4.2.1).
@@ -37,7 +40,35 @@ pub fn is_upgrade(request: &Request<Incoming>) -> bool {
     request.version() == Version::HTTP_11
         && has_token(header::CONNECTION, "upgrade")
         && has_token(header::UPGRADE, "websocket")
-        && headers.contains_key(header::SEC_WEBSOCKET_KEY)
+}
+
+/// RFC 6455 section 4.2.1: version 13 (else 426 naming it, section 4.2.2)
+/// and a key that is the base64 of 16 bytes (else 400), answered by the
+/// proxy before the upstream is contacted.
+fn handshake_refusal(headers: &http::HeaderMap) -> Option<Response<ProxyBody>> {
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    if !version_ok {
+        let mut response = directline_error(
+            StatusCode::UPGRADE_REQUIRED,
+            "BadArgument",
+            "Only WebSocket version 13 is supported.",
+        );
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return Some(response);
+    }
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let key_ok = match (keys.next(), keys.next()) {
+        (Some(key), None) => STANDARD
+            .decode(key.as_bytes())
+            .is_ok_and(|bytes| bytes.len() == 16),
+        _ => false,
+    };
+    (!key_ok).then(bad_handshake)
 }
 
 /// Forwards the handshake; on the upstream's 101 answers the client with 101
@@ -51,8 +82,11 @@ pub async fn upgrade(
     mut request: Request<Incoming>,
     client: &ClientInfo,
 ) -> Response<ProxyBody> {
+    if let Some(refusal) = handshake_refusal(request.headers()) {
+        return refusal;
+    }
     let inspector = inspector_for(shared, policy, conversation_id, sealed, &request);
-    let Some(client_key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+    let Some(websocket_key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return bad_handshake();
     };
     let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
@@ -62,6 +96,11 @@ pub async fn upgrade(
             "ServiceUnavailable",
             "The proxy is at its connection limit.",
         );
+    };
+    let client_key = || shared.client_key(request.headers(), client);
+    let open_stream = match shared.quotas.open_stream(client_key, &shared.metrics) {
+        Ok(open) => open,
+        Err(over) => return over.into_response(),
     };
     let client_upgrade = hyper::upgrade::on(&mut request);
     let upstream_request = match upstream_handshake(shared, policy, request, client) {
@@ -81,8 +120,22 @@ pub async fn upgrade(
         strip_hop_by_hop(&mut parts.headers);
         return Response::from_parts(parts, body.map_err(BoxError::from).boxed());
     }
-    if !accept_key_matches(&client_key, &upstream_response) {
+    if !accept_key_matches(&websocket_key, &upstream_response) {
         tracing::warn!("upstream answered the WebSocket handshake with a wrong accept key");
+        shared.metrics.error(ErrorKind::WebsocketHandshake);
+        return directline_error(
+            StatusCode::BAD_GATEWAY,
+            "BadGateway",
+            "The Direct Line stream handshake failed.",
+        );
+    }
+    if upstream_response
+        .headers()
+        .contains_key(header::SEC_WEBSOCKET_EXTENSIONS)
+    {
+        // The proxy never offers one (RFC 6455 section 4.1: the client must
+        // then fail the connection), and could not read compressed frames.
+        tracing::warn!("upstream accepted a WebSocket extension the proxy never offered");
         shared.metrics.error(ErrorKind::WebsocketHandshake);
         return directline_error(
             StatusCode::BAD_GATEWAY,
@@ -92,7 +145,11 @@ pub async fn upgrade(
     }
     let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
     let response = client_switching_protocols(upstream_response);
-    spawn_relay(shared, client_upgrade, upstream_upgrade, slot, inspector);
+    let held = Held {
+        _slot: slot,
+        _open_stream: open_stream,
+    };
+    spawn_relay(shared, client_upgrade, upstream_upgrade, held, inspector);
     response
 }
 
@@ -163,7 +220,6 @@ fn upstream_handshake(
 fn client_switching_protocols(upstream: Response<Incoming>) -> Response<ProxyBody> {
     let (mut parts, _body) = upstream.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -173,13 +229,18 @@ fn client_switching_protocols(upstream: Response<Incoming>) -> Response<ProxyBod
     Response::from_parts(parts, empty())
 }
 
-/// `slot` is held for the relay's lifetime: an open WebSocket counts
-/// against `listen.max_connections`.
+/// What an open relay holds for its lifetime: its place among
+/// `listen.max_connections` and among its client's streams.
+struct Held {
+    _slot: OwnedSemaphorePermit,
+    _open_stream: Option<OpenStream>,
+}
+
 fn spawn_relay(
     shared: &Shared,
     client: OnUpgrade,
     upstream: OnUpgrade,
-    slot: OwnedSemaphorePermit,
+    held: Held,
     inspector: Inspector,
 ) {
     let config = shared.websocket_config;
@@ -214,7 +275,7 @@ fn spawn_relay(
         }
         tracing::info!(?outcome, "stream closed");
         drop(active);
-        drop(slot);
+        drop(held);
     }
     .instrument(span);
     shared.streams.spawn(task);

@@ -145,13 +145,18 @@ pub fn authenticate(
 pub fn random_id(len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut bytes = vec![0u8; len];
-    if getrandom::fill(&mut bytes).is_err() {
-        fallback_fill(&mut bytes);
-    }
+    random_bytes(&mut bytes);
     bytes
         .iter()
         .map(|byte| ALPHABET[usize::from(*byte) % ALPHABET.len()] as char)
         .collect()
+}
+
+/// Fills `bytes` from the OS, or from [`fallback_fill`] if it has none.
+pub fn random_bytes(bytes: &mut [u8]) {
+    if getrandom::fill(bytes).is_err() {
+        fallback_fill(bytes);
+    }
 }
 
 /// Used only if the OS has no randomness: unique enough for a test emulator.

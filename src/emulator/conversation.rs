@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::auth::random_id;
+use super::rough::JsonStyle;
 
 /// Close code sent to the older socket when a newer one connects.
 /// Direct Line documents only the reason (`collision`), not the code.
@@ -69,14 +70,17 @@ struct State {
 pub struct Conversation {
     pub id: String,
     pub session_id: String,
+    /// How ActivitySets are written on the stream.
+    json: JsonStyle,
     state: Mutex<State>,
 }
 
 impl Conversation {
-    pub fn new(id: String) -> Self {
+    pub fn new(id: String, json: JsonStyle) -> Self {
         Conversation {
             id,
             session_id: random_id(24),
+            json,
             state: Mutex::new(State::default()),
         }
     }
@@ -120,7 +124,7 @@ impl Conversation {
         if !typing {
             state.log.push((seq, activity.clone()));
         }
-        send_text(&state, &set);
+        send_text(&state, self.json, &set);
         activity
     }
 
@@ -154,7 +158,7 @@ impl Conversation {
         let (activities, last) = activities_after(&state, watermark);
         if !activities.is_empty() {
             let set = json!({ "activities": activities, "watermark": last.map(|n| n.to_string()) });
-            send_text(&state, &set);
+            send_text(&state, self.json, &set);
         }
         generation
     }
@@ -246,9 +250,9 @@ fn activities_after(state: &State, watermark: Option<u64>) -> (Vec<Value>, Optio
     (activities, state.log.last().map(|(seq, _)| *seq))
 }
 
-fn send_text(state: &State, set: &Value) {
+fn send_text(state: &State, json: JsonStyle, set: &Value) {
     if let Some(slot) = &state.stream {
-        let text = set.to_string();
+        let text = json.write(set);
         let _ = slot.tx.send(Outbound::Send(Message::text(text), None));
     }
 }
@@ -309,7 +313,7 @@ mod tests {
 
     #[test]
     fn watermarks_skip_typing() {
-        let conversation = Conversation::new("c".into());
+        let conversation = Conversation::new("c".into(), JsonStyle::Compact);
         conversation.append(json!({"type":"message"}));
         conversation.append(json!({"type":"typing"}));
         let last_activity = conversation.append(json!({"type":"message"}));

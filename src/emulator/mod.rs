@@ -37,6 +37,7 @@ mod error;
 mod multipart;
 mod respond;
 mod rest;
+mod rough;
 mod sas;
 mod server;
 mod state;
@@ -77,6 +78,12 @@ pub struct EmulatorConfig {
     pub accepted_sso_tokens: Vec<String>,
     /// How long the bot "thinks" before answering a message.
     pub bot_delay: Duration,
+    /// Behave like the real service's rougher edges rather than the
+    /// compliant minimum: indented JSON with `\/` escapes in REST answers
+    /// and stream messages, gzip when the request accepts it,
+    /// `permessage-deflate` accepted when a handshake offers it, and GUID
+    /// user ids for conversations started without one (see `rough`).
+    pub rough: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -88,6 +95,7 @@ impl Default for EmulatorConfig {
             keepalive_interval: Some(Duration::from_secs(15)),
             accepted_sso_tokens: vec!["demo-user-token".into()],
             bot_delay: Duration::ZERO,
+            rough: false,
         }
     }
 }

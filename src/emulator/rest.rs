@@ -19,6 +19,7 @@ use super::bot;
 use super::conversation::Conversation;
 use super::error::ApiError;
 use super::respond::{self, Body, optional_json, percent_decode, query_param};
+use super::rough;
 use super::sas;
 use super::state::{MAX_RECORDED_BODY, Shared, lock};
 use super::stream;
@@ -44,6 +45,7 @@ enum Route {
 /// talk to Direct Line directly, so preflights must succeed).
 pub async fn handle(shared: Arc<Shared>, request: hyper::Request<Incoming>) -> Response<Body> {
     let origin = request.headers().get(header::ORIGIN).cloned();
+    let rough_request = shared.config.rough.then(|| request.headers().clone());
     let mut response = if request.method() == Method::OPTIONS {
         let (parts, _) = request.into_parts();
         record(&shared, &parts, &Bytes::new());
@@ -54,7 +56,12 @@ pub async fn handle(shared: Arc<Shared>, request: hyper::Request<Incoming>) -> R
     if let Some(origin) = origin {
         allow_origin(&mut response, origin);
     }
-    response
+    match rough_request {
+        Some(headers) if response.status() != StatusCode::SWITCHING_PROTOCOLS => {
+            rough::finish(response, &headers).await
+        }
+        _ => response,
+    }
 }
 
 /// Answers a CORS preflight: every method and requested header is allowed.
@@ -330,7 +337,11 @@ fn start(shared: &Shared, caller: &Caller, body: &Bytes) -> Result<Response<Body
             (conversation, token.clone())
         }
     };
-    let user = caller.bound_user().map(str::to_string).or(body_user);
+    let user = caller
+        .bound_user()
+        .map(str::to_string)
+        .or(body_user)
+        .or_else(|| shared.config.rough.then(rough::guid));
     let started_now = conversation.start(user);
     if started_now {
         bot::welcome(&conversation);

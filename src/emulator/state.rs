@@ -12,6 +12,7 @@ use super::EmulatorConfig;
 use super::RecordedRequest;
 use super::auth::TokenStore;
 use super::conversation::Conversation;
+use super::rough::JsonStyle;
 
 /// Recorded request bodies are cut at this size to bound test memory.
 pub const MAX_RECORDED_BODY: usize = 4 * 1024 * 1024;
@@ -70,7 +71,8 @@ impl Shared {
     /// Creates a conversation with a fresh random id.
     pub fn new_conversation(&self) -> Arc<Conversation> {
         let id = super::auth::random_id(22);
-        let conversation = Arc::new(Conversation::new(id.clone()));
+        let json = JsonStyle::new(self.config.rough);
+        let conversation = Arc::new(Conversation::new(id.clone(), json));
         lock(&self.conversations).insert(id, conversation.clone());
         conversation
     }

@@ -27,6 +27,7 @@ use super::auth::{self, TokenKind};
 use super::conversation::{Conversation, Outbound};
 use super::error::ApiError;
 use super::respond::{self, Body, query_param};
+use super::rough;
 use super::state::{Shared, lock};
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -51,6 +52,11 @@ pub fn handshake(
     multimodal: bool,
 ) -> Response<Body> {
     let query = parts.uri.query().map(str::to_string);
+    let extension = shared
+        .config
+        .rough
+        .then(|| rough::extension_answer(&parts.headers))
+        .flatten();
     let checked = check_upgrade(&parts.headers).and_then(|key| {
         let bound_user = authorise(shared, &parts.headers, query.as_deref(), conversation_id)?;
         let conversation = shared
@@ -73,7 +79,13 @@ pub fn handshake(
     };
     let request = Request::from_parts(parts, ());
     spawn_socket(shared, request, accepted, outbox);
-    switching_protocols(&key)
+    let mut response = switching_protocols(&key);
+    if let Some(extension) = extension {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, extension);
+    }
+    response
 }
 
 /// The `Sec-WebSocket-Key` of a valid upgrade request.

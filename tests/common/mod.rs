@@ -1,7 +1,14 @@
 //! Builders the end-to-end tests read as sentences with: an emulator, the
 //! proxy in front of it, and HTTP and WebSocket clients at real addresses.
+//!
+//! Every test binary that includes this module defines `ROUGH_EMULATOR` at
+//! its root. When true, the emulators it builds are rough
+//! (`EmulatorConfig::rough`), and the clients behave like browsers do
+//! against such a service: they accept gzip and offer `permessage-deflate`;
+//! test users have ids that are not `dl_`.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -78,13 +85,26 @@ pub fn proxy_config(upstream: &str) -> Config {
     config
 }
 
-/// Emulator without keep-alives, so frame sequences are exact.
+/// Emulator without keep-alives, so frame sequences are exact; rough when
+/// the test binary asks for it.
 pub fn quiet_emulator() -> EmulatorConfig {
     EmulatorConfig {
         keepalive_interval: None,
+        rough: crate::ROUGH_EMULATOR,
         ..Default::default()
     }
 }
+
+/// The id the test user posts as: Direct Line's `dl_` convention, or, with
+/// the rough emulator, the kind of id a site picks for itself.
+pub const TEST_USER: &str = if crate::ROUGH_EMULATOR {
+    "user@contoso"
+} else {
+    "dl_test-user"
+};
+
+/// What a browser offers on a WebSocket handshake.
+const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
 
 pub struct Stack {
     pub emulator: Emulator,
@@ -123,6 +143,22 @@ impl Stack {
 
     pub async fn start_conversation(&self) -> Conversation {
         Conversation::start(&self.http, &self.proxy.base_url(), self.emulator.secret()).await
+    }
+
+    /// A conversation started through the proxy without credentials (the
+    /// proxy holds the secret), with `headers` on the start request.
+    pub async fn start_conversation_as(&self, headers: &[(&str, &str)]) -> Conversation {
+        let reply = self
+            .http
+            .send(
+                Method::POST,
+                &self.proxy_url("/v3/directline/conversations"),
+                headers,
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        Conversation::from_reply(&self.proxy.base_url(), &reply.json())
     }
 
     pub async fn shutdown(self) {
@@ -187,6 +223,12 @@ impl Http {
         body: impl Into<Bytes>,
     ) -> Reply {
         let mut request = Request::builder().method(method).uri(url);
+        let chooses_encoding = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("accept-encoding"));
+        if crate::ROUGH_EMULATOR && !chooses_encoding {
+            request = request.header("accept-encoding", "gzip");
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -196,7 +238,10 @@ impl Http {
             .expect("response in time")
             .expect("response");
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
+        let body = decoded(
+            &parts.headers,
+            body.collect().await.expect("body").to_bytes(),
+        );
         Reply {
             status: parts.status,
             headers: parts.headers,
@@ -225,6 +270,19 @@ impl Http {
     }
 }
 
+/// The body as the client reads it: a gzip `Content-Encoding` undone (the
+/// header stays in [`Reply::headers`] for tests to compare).
+fn decoded(headers: &HeaderMap, body: Bytes) -> Bytes {
+    if headers.get("content-encoding").is_none_or(|v| v != "gzip") {
+        return body;
+    }
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_end(&mut plain)
+        .expect("a gzip body");
+    Bytes::from(plain)
+}
+
 /// A conversation as a client sees it after `POST /conversations`.
 #[derive(Debug, Clone)]
 pub struct Conversation {
@@ -244,7 +302,11 @@ impl Conversation {
             )
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
-        let json = reply.json();
+        Conversation::from_reply(base, &reply.json())
+    }
+
+    /// From a start-conversation answer, for a client talking to `base`.
+    pub fn from_reply(base: &str, json: &Value) -> Conversation {
         Conversation {
             base: base.to_string(),
             id: json["conversationId"]
@@ -266,7 +328,7 @@ impl Conversation {
     pub async fn say(&self, http: &Http, text: &str) -> Reply {
         let activity = serde_json::json!({
             "type": "message",
-            "from": { "id": "dl_test-user" },
+            "from": { "id": TEST_USER },
             "text": text,
         });
         http.post_json(&self.url("/activities"), &self.token, &activity)
@@ -284,8 +346,20 @@ impl Conversation {
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// The handshake request for `url`, offering compression in rough mode.
+fn ws_request(url: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut request = url.into_client_request().expect("ws request");
+    if crate::ROUGH_EMULATOR {
+        request.headers_mut().insert(
+            "sec-websocket-extensions",
+            DEFLATE_OFFER.parse().expect("header value"),
+        );
+    }
+    request
+}
+
 pub async fn ws_connect(url: &str) -> Ws {
-    let request = url.into_client_request().expect("ws request");
+    let request = ws_request(url);
     let (ws, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
         .await
         .expect("ws connects in time")
@@ -297,7 +371,7 @@ pub async fn ws_connect(url: &str) -> Ws {
 /// Connects with one extra header on the upgrade, as an ingress or the
 /// browser (cookies) would add.
 pub async fn ws_connect_with_header(url: &str, name: &'static str, value: &str) -> Ws {
-    let mut request = url.into_client_request().expect("ws request");
+    let mut request = ws_request(url);
     request
         .headers_mut()
         .insert(name, value.parse().expect("header value"));

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -128,4 +129,63 @@ async fn stream_upgrade_to_a_dead_upstream_gives_502() {
         other => panic!("expected 502, got {other}"),
     }
     stack.proxy.shutdown().await;
+}
+
+/// An upstream that answers every WebSocket handshake with 101 and
+/// `permessage-deflate`, although nobody offered it.
+async fn upstream_accepting_unoffered_deflate() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                if socket.read_exact(&mut byte).await.is_err() {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let key = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("sec-websocket-key")
+                        .then(|| value.trim().to_string())
+                })
+                .unwrap_or_default();
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+            held.push(socket);
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn an_upstream_accepting_an_extension_nobody_offered_gives_502() {
+    let (upstream, task) = upstream_accepting_unoffered_deflate().await;
+    let proxy = proxy_in_front_of(&upstream, 5_000).await;
+    let url = format!(
+        "ws://{}/v3/directline/conversations/c/stream?t=x",
+        proxy.local_addr()
+    );
+    let error = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect_err("the handshake fails");
+    match error {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        }
+        other => panic!("expected 502, got {other}"),
+    }
+    proxy.shutdown().await;
+    task.abort();
 }

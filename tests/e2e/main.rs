@@ -1,12 +1,17 @@
 //! End-to-end tests: the real proxy and the emulator in-process on port 0,
 //! real sockets in between.
 
+/// Read by `common`: these suites run against the compliant emulator
+/// (the `rough` test binary runs some of them against the rough one).
+const ROUGH_EMULATOR: bool = false;
+
 #[path = "../common/mod.rs"]
 mod common;
 
 mod cli;
 mod credentials;
 mod failures;
+mod hardening;
 mod metrics;
 mod reload;
 mod shutdown;

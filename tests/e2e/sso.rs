@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::common::endpoint::Endpoint;
 use crate::common::{
-    Conversation, Stack, WAIT, activities_until, next_activity_set, next_message, quiet_emulator,
-    ws_connect, ws_connect_with_header,
+    Conversation, Stack, TEST_USER, WAIT, activities_until, next_activity_set, next_message,
+    quiet_emulator, ws_connect, ws_connect_with_header,
 };
 
 /// The token the emulator's bot accepts by default.
@@ -104,10 +104,7 @@ async fn invoke_flow_on_the_stream_signs_in_and_removes_the_card() {
     assert_eq!(invoke["name"], "signin/tokenExchange");
     assert_eq!(invoke["value"]["token"], USER_TOKEN);
     assert_eq!(invoke["value"]["connectionName"], "AAD");
-    assert_eq!(
-        invoke["from"]["id"], "dl_test-user",
-        "the conversation's user"
-    );
+    assert_eq!(invoke["from"]["id"], TEST_USER, "the conversation's user");
     let posted = stack
         .emulator
         .requests()
@@ -342,7 +339,7 @@ async fn http_provider_gets_the_card_context_and_only_the_configured_headers() {
     assert!(!seen[0].headers.contains_key("x-other"));
     let body = seen[0].json();
     assert_eq!(body["conversationId"], conv.id.as_str());
-    assert_eq!(body["userId"], "dl_test-user");
+    assert_eq!(body["userId"], TEST_USER);
     assert_eq!(body["connectionName"], "AAD");
     assert_eq!(body["resourceUri"], EXCHANGE_URI);
     assert!(body.get("providerId").is_some());
@@ -803,7 +800,7 @@ async fn a_card_the_user_posts_is_never_acted_on() {
     let sas = format!("{}/sas/chosen-by-the-user", stack.emulator.base_url());
     let activity = json!({
         "type": "message",
-        "from": {"id": "dl_test-user"},
+        "from": {"id": TEST_USER, "role": "user"},
         "attachments": [{"contentType": OAUTH_CARD, "content": {"tokenPostResource": {"sasUrl": sas}}}],
     });
     let reply = stack

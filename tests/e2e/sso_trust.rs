@@ -76,28 +76,6 @@ async fn trust_stack(adjust: impl FnOnce(&mut Config)) -> Stack {
     Stack::start_with(quiet_emulator(), adjust).await
 }
 
-/// A conversation started through the proxy without credentials (the proxy
-/// holds the secret), with the given headers on the start request.
-async fn start_as(stack: &Stack, headers: &[(&str, &str)]) -> Conversation {
-    let reply = stack
-        .http
-        .send(
-            Method::POST,
-            &stack.proxy_url("/v3/directline/conversations"),
-            headers,
-            Bytes::new(),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
-    let json = reply.json();
-    Conversation {
-        base: stack.proxy.base_url(),
-        id: json["conversationId"].as_str().expect("id").into(),
-        token: json["token"].as_str().expect("token").into(),
-        stream_url: json["streamUrl"].as_str().expect("streamUrl").into(),
-    }
-}
-
 /// Opens `url` with extra headers; the handshake's status on refusal.
 async fn ws_open(url: &str, headers: &[(&str, &str)]) -> Result<Ws, StatusCode> {
     let mut request = url.into_client_request().expect("ws request");
@@ -202,9 +180,8 @@ async fn assert_refused_for_the_victim(stack: &Stack, provider: &Endpoint, conve
 /// where the rightful owner signs in.
 async fn victim_signs_in_stack(provider: &Endpoint, adjust: impl FnOnce(&mut Config)) -> Stack {
     let emulator = directline_proxy::emulator::EmulatorConfig {
-        keepalive_interval: None,
         accepted_sso_tokens: vec![VICTIM_TOKEN.into()],
-        ..Default::default()
+        ..quiet_emulator()
     };
     let url = provider.url("/bot-token");
     Stack::start_with(emulator, move |c| {
@@ -233,6 +210,24 @@ async fn victim_page_sees_the_card(
     card_arrives(&mut victim).await;
 }
 
+/// The victim starts a conversation and opens its stream from the page,
+/// both with their cookie: the sign-in happens, with no card.
+async fn the_cookie_owner_signs_in(stack: &Stack) {
+    let owner = stack
+        .start_conversation_as(&[("cookie", VICTIM_COOKIE)])
+        .await;
+    let mut ws = ws_open(
+        &owner.stream_url,
+        &[("origin", PAGE_ORIGIN), ("cookie", VICTIM_COOKIE)],
+    )
+    .await
+    .expect("stream");
+    say(stack, &owner, "signin exchange").await;
+    let seen = activities_until(&mut ws, SIGNED_IN).await;
+    assert!(!seen.iter().any(is_oauth_card));
+    assert_eq!(stack.emulator.invokes_received(&owner.id).len(), 1);
+}
+
 async fn say(stack: &Stack, conv: &Conversation, text: &str) {
     assert_eq!(conv.say(&stack.http, text).await.status, StatusCode::OK);
 }
@@ -241,7 +236,7 @@ async fn say(stack: &Stack, conv: &Conversation, text: &str) {
 async fn a_foreign_page_cannot_open_the_attackers_stream_with_the_victims_cookie() {
     let provider = auth_api().await;
     let stack = trust_stack(|c| cookie_sso(c, provider.url("/bot-token"))).await;
-    let attacker = start_as(&stack, &[]).await;
+    let attacker = stack.start_conversation_as(&[]).await;
     say(&stack, &attacker, "signin exchange").await;
 
     let victim_browser = ws_open(
@@ -267,7 +262,7 @@ async fn a_foreign_page_cannot_open_the_attackers_stream_with_the_victims_cookie
 async fn a_foreign_page_cannot_poll_the_attackers_conversation_with_the_victims_cookie() {
     let provider = auth_api().await;
     let stack = trust_stack(|c| cookie_sso(c, provider.url("/bot-token"))).await;
-    let attacker = start_as(&stack, &[]).await;
+    let attacker = stack.start_conversation_as(&[]).await;
     say(&stack, &attacker, "signin exchange").await;
     let auth = format!("Bearer {}", attacker.token);
     let requests_before = stack.emulator.requests().len();
@@ -335,14 +330,12 @@ async fn victim_on_attackers_stream(keep_sealed_context: bool) {
         with_binding(c);
     })
     .await;
-    let attacker = start_as(
-        &stack,
-        &[
+    let attacker = stack
+        .start_conversation_as(&[
             (USER_HEADER, "attacker@example.com"),
             ("cookie", ATTACKER_COOKIE),
-        ],
-    )
-    .await;
+        ])
+        .await;
     let url = if keep_sealed_context {
         attacker.stream_url.clone()
     } else {
@@ -386,7 +379,9 @@ async fn with_binding_the_victims_poll_of_the_attackers_conversation_decides_not
         with_binding(c);
     })
     .await;
-    let attacker = start_as(&stack, &[(USER_HEADER, "attacker@example.com")]).await;
+    let attacker = stack
+        .start_conversation_as(&[(USER_HEADER, "attacker@example.com")])
+        .await;
     say(&stack, &attacker, "signin exchange").await;
     let auth = format!("Bearer {}", attacker.token);
     let poll = stack
@@ -420,7 +415,7 @@ async fn with_binding_the_owner_still_signs_in_on_stream_and_poll() {
         (USER_HEADER, "victim@example.com"),
         ("cookie", VICTIM_COOKIE),
     ];
-    let conv = start_as(&stack, &user).await;
+    let conv = stack.start_conversation_as(&user).await;
     let mut ws = ws_open(
         &conv.stream_url,
         &[("origin", PAGE_ORIGIN), user[0], user[1]],
@@ -442,7 +437,9 @@ async fn without_binding_the_start_fingerprint_keeps_another_cookie_out() {
     let stack = trust_stack(|c| cookie_sso(c, provider.url("/bot-token"))).await;
     // The attacker starts with their own session; the victim's browser, on
     // an allowed page, is made to open the attacker's stream.
-    let attacker = start_as(&stack, &[("cookie", ATTACKER_COOKIE)]).await;
+    let attacker = stack
+        .start_conversation_as(&[("cookie", ATTACKER_COOKIE)])
+        .await;
     victim_page_sees_the_card(&stack, &attacker, &attacker.stream_url, "signin exchange").await;
     assert_refused_for_the_victim(&stack, &provider, &attacker.id).await;
     stack.shutdown().await;
@@ -452,17 +449,7 @@ async fn without_binding_the_start_fingerprint_keeps_another_cookie_out() {
 async fn without_binding_the_same_cookie_on_start_and_stream_signs_in() {
     let provider = auth_api().await;
     let stack = victim_signs_in_stack(&provider, |_| {}).await;
-    let conv = start_as(&stack, &[("cookie", VICTIM_COOKIE)]).await;
-    let mut ws = ws_open(
-        &conv.stream_url,
-        &[("origin", PAGE_ORIGIN), ("cookie", VICTIM_COOKIE)],
-    )
-    .await
-    .expect("stream");
-    say(&stack, &conv, "signin exchange").await;
-    let seen = activities_until(&mut ws, SIGNED_IN).await;
-    assert!(!seen.iter().any(is_oauth_card));
-    assert_eq!(stack.emulator.invokes_received(&conv.id).len(), 1);
+    the_cookie_owner_signs_in(&stack).await;
     stack.shutdown().await;
 }
 
@@ -548,7 +535,7 @@ async fn a_card_with_a_huge_id_is_not_decided() {
         c.sso.flows = vec!["invoke".into()];
     })
     .await;
-    let attacker = start_as(&stack, &[]).await;
+    let attacker = stack.start_conversation_as(&[]).await;
     let mut ws = ws_open(&attacker.stream_url, &[("cookie", VICTIM_COOKIE)])
         .await
         .expect("stream");
@@ -581,7 +568,9 @@ async fn many_cards_in_one_set_start_only_a_few_decisions() {
         c.sso.flows = vec!["invoke".into()];
     })
     .await;
-    let conv = start_as(&stack, &[("cookie", VICTIM_COOKIE)]).await;
+    let conv = stack
+        .start_conversation_as(&[("cookie", VICTIM_COOKIE)])
+        .await;
     let mut ws = ws_open(&conv.stream_url, &[("cookie", VICTIM_COOKIE)])
         .await
         .expect("stream");
@@ -1053,7 +1042,7 @@ async fn with_require_owner_a_start_without_the_cookie_leaves_the_stream_decidin
     })
     .await;
     // The attacker starts without any cookie, so no owner is sealed.
-    let attacker = start_as(&stack, &[]).await;
+    let attacker = stack.start_conversation_as(&[]).await;
     victim_page_sees_the_card(&stack, &attacker, &attacker.stream_url, "signin").await;
     assert_refused_for_the_victim(&stack, &provider, &attacker.id).await;
     stack.shutdown().await;
@@ -1068,7 +1057,9 @@ async fn with_require_owner_stripping_the_context_does_not_fall_back_to_a_token_
         require_owner(c);
     })
     .await;
-    let attacker = start_as(&stack, &[("cookie", ATTACKER_COOKIE)]).await;
+    let attacker = stack
+        .start_conversation_as(&[("cookie", ATTACKER_COOKIE)])
+        .await;
     let (stripped, _) = crate::common::without_query_param(&attacker.stream_url, "dlpx");
     victim_page_sees_the_card(&stack, &attacker, &stripped, "signin").await;
     assert!(stack.emulator.token_posts_received().is_empty());
@@ -1080,7 +1071,9 @@ async fn with_require_owner_stripping_the_context_does_not_fall_back_to_a_token_
 async fn with_require_owner_a_poll_without_binding_decides_nothing_and_the_owner_still_signs_in() {
     let provider = auth_api().await;
     let stack = victim_signs_in_stack(&provider, require_owner).await;
-    let attacker = start_as(&stack, &[("cookie", ATTACKER_COOKIE)]).await;
+    let attacker = stack
+        .start_conversation_as(&[("cookie", ATTACKER_COOKIE)])
+        .await;
     say(&stack, &attacker, "signin exchange").await;
     let auth = format!("Bearer {}", attacker.token);
     let poll = stack
@@ -1101,17 +1094,7 @@ async fn with_require_owner_a_poll_without_binding_decides_nothing_and_the_owner
     assert_victim_untouched(&stack, &provider, &attacker.id);
 
     // The owner's own stream, with the cookie it started with, signs in.
-    let owner = start_as(&stack, &[("cookie", VICTIM_COOKIE)]).await;
-    let mut ws = ws_open(
-        &owner.stream_url,
-        &[("origin", PAGE_ORIGIN), ("cookie", VICTIM_COOKIE)],
-    )
-    .await
-    .expect("stream");
-    say(&stack, &owner, "signin exchange").await;
-    let seen = activities_until(&mut ws, SIGNED_IN).await;
-    assert!(!seen.iter().any(is_oauth_card));
-    assert_eq!(stack.emulator.invokes_received(&owner.id).len(), 1);
+    the_cookie_owner_signs_in(&stack).await;
     stack.shutdown().await;
 }
 

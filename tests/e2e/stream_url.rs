@@ -55,6 +55,39 @@ async fn stream_url_uses_the_configured_public_url() {
     stack.shutdown().await;
 }
 
+/// A rough Direct Line indents its answers with CRLF and writes `/` as
+/// `\/`: the rewrite changes the `streamUrl` value and no other byte.
+#[tokio::test]
+async fn a_pretty_conversation_answer_keeps_every_byte_but_the_stream_url() {
+    let rough = crate::common::EmulatorConfig {
+        rough: true,
+        ..quiet_emulator()
+    };
+    let stack = Stack::start_with(rough, |_| {}).await;
+    let auth = format!("Bearer {}", stack.secret());
+    let reply = stack
+        .http
+        .send(
+            Method::POST,
+            &stack.proxy_url("/v3/directline/conversations"),
+            &[("authorization", &auth)],
+            bytes::Bytes::new(),
+        )
+        .await;
+    let mut answer = reply.json();
+    let stream_url = answer["streamUrl"].as_str().expect("streamUrl").to_string();
+    assert!(stream_url.starts_with(&format!("ws://{}/", stack.proxy.local_addr())));
+    let written = serde_json::to_string(&stream_url).expect("json");
+    let body = reply.text().replacen(&written, "\"<url>\"", 1);
+    answer["streamUrl"] = Value::from("<url>");
+    let upstream_style = serde_json::to_string_pretty(&answer)
+        .expect("json")
+        .replace('/', "\\/")
+        .replace('\n', "\r\n");
+    assert_eq!(body, upstream_style);
+    stack.shutdown().await;
+}
+
 async fn stream_url_with_forwarded_headers(stack: &Stack) -> String {
     let auth = format!("Bearer {}", stack.secret());
     let reply = stack

@@ -248,3 +248,57 @@ async fn a_client_that_does_not_read_pauses_the_upstream_and_loses_nothing() {
     sender.await.expect("sender");
     assert_eq!(written.load(Ordering::SeqCst), MESSAGES);
 }
+
+/// Browsers offer `permessage-deflate`; the proxy reads frames, so it never
+/// lets the offer reach Direct Line (a rough emulator would accept it) nor
+/// an extension reach the client, and frames still flow both ways.
+#[tokio::test]
+async fn a_compression_offer_is_never_negotiated() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let rough = EmulatorConfig {
+        rough: true,
+        ..crate::common::quiet_emulator()
+    };
+    let stack = Stack::start_with(rough, |_| {}).await;
+    let conv = stack.start_conversation().await;
+    let mut request = conv
+        .stream_url
+        .as_str()
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "sec-websocket-extensions",
+        "permessage-deflate; client_max_window_bits"
+            .parse()
+            .expect("value"),
+    );
+    let (mut ws, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    assert!(!response.headers().contains_key("sec-websocket-extensions"));
+    let handshake = stack
+        .emulator
+        .requests()
+        .into_iter()
+        .find(|r| r.path_and_query.contains("/stream?"))
+        .expect("the handshake reached the emulator");
+    assert!(!handshake.headers.contains_key("sec-websocket-extensions"));
+
+    next_activity_set(&mut ws).await; // bot to client
+    let from_client = Message::Text("from the client".into());
+    ws.send(from_client.clone()).await.expect("send");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !stack
+        .emulator
+        .stream_messages_received(&conv.id)
+        .contains(&from_client)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client's frame never reached the emulator"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stack.shutdown().await;
+}
