@@ -7,8 +7,8 @@
 //!
 //! Checked: never a panic; an accepted config validates again, and what the
 //! proxy derives from it at start (addresses, URLs, WebSocket limits, origin
-//! and host lists, seal keys, the decision cache, warnings) is derived
-//! without a panic or an error.
+//! and host lists, seal keys, the decision cache, quotas, warnings) is
+//! derived without a panic or an error.
 #![no_main]
 
 use std::path::Path;
@@ -16,6 +16,7 @@ use std::path::Path;
 use directline_proxy::config::Config;
 use directline_proxy::origin::OriginPolicy;
 use directline_proxy::proxy::websocket_config;
+use directline_proxy::quota::Quotas;
 use directline_proxy::sso::allow_list::AllowList;
 use directline_proxy::sso::decisions::Decisions;
 use directline_proxy::sso::seal::Sealer;
@@ -52,6 +53,11 @@ fuzz_target!(|bytes: &[u8]| {
         .upstream
         .base()
         .expect("accepted, yet no upstream base");
+    config
+        .admin
+        .socket_addr()
+        .expect("accepted, yet no admin address");
+    let _ = Quotas::new(&config.limits);
     let _ = websocket_config(&config.websocket);
     let _ = OriginPolicy::new(&config.listen.allowed_origins);
     let _ = AllowList::new(&config.sso.token_post_allow_hosts);

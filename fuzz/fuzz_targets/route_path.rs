@@ -5,11 +5,11 @@
 //! and under `/v3/directline/`).
 //!
 //! Checked: a trailing slash and the case of the literal segments never
-//! change the route; a conversation id is never empty; and a path without
-//! dot segments is one that a WHATWG URL parser (browsers, many servers)
-//! leaves where it is: it stays under the prefix and is the same kind of
-//! call after that parser's normalisation (a poll stays a poll, so it is
-//! inspected).
+//! change the route; a conversation id is never empty; and a path the proxy
+//! does not refuse (`Route::refusal`) is one that a WHATWG URL parser
+//! (browsers, many servers) leaves where it is: it stays under the prefix
+//! and is the same kind of call after that parser's normalisation (a poll
+//! stays a poll, so it is inspected).
 #![no_main]
 
 use directline_proxy::directline::route::{PREFIX, Route};
@@ -49,19 +49,14 @@ fn check(method: &Method, path: &str) {
             "the case of {path:?} changed its route"
         );
     }
-    if !Route::has_dot_segments(path) {
+    if Route::refusal(path).is_none() {
         check_normalisation_keeps(method, path, &route);
     }
 }
 
-/// Paths with a backslash or an encoded slash or backslash are left out:
-/// a WHATWG parser reads them as separators, and issue 8's strict input
-/// answers them 400 before classification.
+/// Only what a request line can carry is judged: a path without query or
+/// fragment, as `uri.path()` gives it.
 fn check_normalisation_keeps(method: &Method, path: &str, route: &Route) {
-    let lower = path.to_ascii_lowercase();
-    if path.contains('\\') || lower.contains("%2f") || lower.contains("%5c") {
-        return;
-    }
     let Ok(request_path) = path.parse::<PathAndQuery>() else {
         return;
     };
