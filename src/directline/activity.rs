@@ -158,6 +158,9 @@ impl<'a> ActivitySet<'a> {
     /// `None` for anything that is not `{"activities":[...], ...}`: other
     /// shapes pass through untouched.
     pub fn parse(bytes: &'a [u8]) -> Option<ActivitySet<'a>> {
+        if !super::is_json_object(bytes) {
+            return None;
+        }
         let shape: SetShape<'a> = serde_json::from_slice(bytes).ok()?;
         let activities: Vec<&'a RawValue> = serde_json::from_str(shape.activities.get()).ok()?;
         let start = shape.activities.get().as_ptr() as usize - bytes.as_ptr() as usize;
@@ -690,5 +693,15 @@ mod tests {
         assert!(ActivitySet::parse(b"[1,2]").is_none());
         assert!(ActivitySet::parse(b"{\"activities\":42}").is_none());
         assert!(ActivitySet::parse(b"{\"activities\":[").is_none());
+    }
+
+    #[test]
+    fn a_top_level_array_is_not_an_activity_set() {
+        // serde reads a struct from an array too: `[[...]]` would be a set
+        // whose `activities` is the first element.
+        let card = card_activity("c", vec![oauth(Some("ex"), None)]);
+        let bytes = format!("[[{card}]]").into_bytes();
+        assert!(ActivitySet::parse(&bytes).is_none());
+        assert!(ActivitySet::parse(b" \n{\"activities\":[]}").is_some());
     }
 }

@@ -8,3 +8,11 @@ pub mod rest;
 pub mod route;
 pub mod stream;
 pub mod stream_url;
+
+/// Whether `bytes` hold a JSON object rather than another value, judged by
+/// the first byte after whitespace. Needed beside serde's derived structs:
+/// they read an array as well, positionally (`[[...]]` as
+/// `{"activities":[...]}`), and only an object is a Direct Line body.
+fn is_json_object(bytes: &[u8]) -> bool {
+    bytes.trim_ascii_start().first() == Some(&b'{')
+}

@@ -76,10 +76,18 @@ impl PublicBase {
         extra: Option<(&str, &str)>,
     ) -> Option<String> {
         let path_and_query = upstream_url.path_and_query()?.as_str();
+        // What follows the public authority must start a path or a query:
+        // `*` (the asterisk form) would become part of the host.
+        if !path_and_query.starts_with(['/', '?']) {
+            return None;
+        }
         let prefix = upstream_base_path.trim_end_matches('/');
-        let relative = path_and_query
-            .strip_prefix(prefix)
-            .unwrap_or(path_and_query);
+        // Only a whole-segment prefix is the base path: `/base` is not in
+        // `/basement`, whose remainder would run into the public authority.
+        let relative = match path_and_query.strip_prefix(prefix) {
+            Some(rest) if rest.is_empty() || rest.starts_with(['/', '?']) => rest,
+            _ => path_and_query,
+        };
         let mut url = format!(
             "{}://{}{}{}",
             self.scheme, self.authority, self.path_prefix, relative
@@ -128,6 +136,9 @@ struct ConversationFields {
 
 /// `conversationId` and `token` of a conversation response, when both are there.
 pub fn conversation_and_token(body: &[u8]) -> Option<(String, String)> {
+    if !super::is_json_object(body) {
+        return None;
+    }
     let fields: ConversationFields = serde_json::from_slice(body).ok()?;
     Some((fields.conversation_id?, fields.token?))
 }
@@ -181,6 +192,9 @@ pub fn rewrite(
     upstream_base_path: &str,
     extra: Option<(&str, &str)>,
 ) -> Result<Option<Vec<u8>>, RewriteError> {
+    if !super::is_json_object(body) {
+        return Err(RewriteError::NotJson("not an object".into()));
+    }
     let field: StreamUrlField<'_> =
         serde_json::from_slice(body).map_err(|e| RewriteError::NotJson(e.to_string()))?;
     let Some(raw) = field.stream_url else {
@@ -250,6 +264,30 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
             r#"{"streamUrl":"wss://p/v3/directline/conversations/c/stream?t=x"}"#
+        );
+    }
+
+    #[test]
+    fn the_base_path_is_stripped_only_as_whole_segments() {
+        let body = r#"{"streamUrl":"wss://dl/based/v3/directline/conversations/c/stream?t=x"}"#;
+        for public in ["wss://p", "wss://p/chat"] {
+            let out = rewrite(body.as_bytes(), &base(public), "/base", None)
+                .expect("ok")
+                .expect("changed");
+            assert_eq!(
+                String::from_utf8(out).expect("utf8"),
+                format!(
+                    r#"{{"streamUrl":"{public}/based/v3/directline/conversations/c/stream?t=x"}}"#
+                )
+            );
+        }
+        let at_the_end = r#"{"streamUrl":"wss://dl/base?t=x"}"#;
+        let out = rewrite(at_the_end.as_bytes(), &base("wss://p/chat"), "/base/", None)
+            .expect("ok")
+            .expect("changed");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            r#"{"streamUrl":"wss://p/chat?t=x"}"#
         );
     }
 
@@ -339,6 +377,16 @@ mod tests {
     }
 
     #[test]
+    fn a_body_that_is_an_array_is_not_a_conversation() {
+        // serde reads a struct from an array too, positionally.
+        assert_eq!(
+            rewrite(br#"["wss://dl/s"]"#, &base("http://p"), "/", None),
+            Err(RewriteError::NotJson("not an object".into()))
+        );
+        assert_eq!(conversation_and_token(br#"["c", "tok"]"#), None);
+    }
+
+    #[test]
     fn body_without_stream_url_is_left_alone() {
         assert_eq!(
             rewrite(br#"{"conversationId":"c"}"#, &base("http://p"), "/", None),
@@ -357,6 +405,18 @@ mod tests {
             rewrite(br#"{"streamUrl":"::"}"#, &base("http://p"), "/", None),
             Err(RewriteError::BadStreamUrl)
         );
+    }
+
+    #[test]
+    fn a_stream_url_without_a_path_is_refused() {
+        for url in ["*", "dl.example:443"] {
+            let body = format!(r#"{{"streamUrl":"{url}"}}"#);
+            assert_eq!(
+                rewrite(body.as_bytes(), &base("http://p"), "/", None),
+                Err(RewriteError::BadStreamUrl),
+                "{url}"
+            );
+        }
     }
 
     #[test]
