@@ -276,7 +276,9 @@ pub struct UpstreamConfig {
 pub struct WebSocketConfig {
     pub max_message_bytes: usize,
     pub max_frame_bytes: usize,
-    /// Initial read buffer per socket; small keeps idle conversations cheap.
+    /// Size of the read buffer a busy stream borrows from its worker's
+    /// pool; an idle stream holds none, so this costs nothing per
+    /// conversation.
     pub read_buffer_bytes: usize,
     /// How long a close handshake may take before the socket is dropped.
     pub close_timeout_ms: u64,
@@ -652,7 +654,7 @@ impl Default for WebSocketConfig {
         WebSocketConfig {
             max_message_bytes: 2 * 1024 * 1024,
             max_frame_bytes: 2 * 1024 * 1024,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 64 * 1024,
             close_timeout_ms: 5_000,
         }
     }

@@ -181,7 +181,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     let admin = bind_admin(&config).await?;
     let admin_addr = admin.as_ref().and_then(|admin| admin.local_addr().ok());
     let shared = Arc::new(Shared {
-        websocket_config: proxy::websocket_config(&config.websocket),
+        frame_limits: directline::relay::FrameLimits::from_config(&config.websocket),
         connection_slots: Arc::new(Semaphore::new(config.listen.max_connections)),
         quotas: quota::Quotas::new(&config.limits),
         tls: tls.is_some(),

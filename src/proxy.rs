@@ -8,7 +8,6 @@ use std::time::Instant;
 use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -16,6 +15,7 @@ use tracing::Instrument;
 use crate::body::{ProxyBody, directline_error, full, text_response};
 use crate::config::Config;
 use crate::directline::credentials::ServerCredentials;
+use crate::directline::relay::FrameLimits;
 use crate::directline::route::{PREFIX, Route};
 use crate::directline::stream_url::{self, PublicBase};
 use crate::directline::{rest, stream};
@@ -50,7 +50,7 @@ pub struct Shared {
     pub credentials: Option<ServerCredentials>,
     pub configured_public_base: Option<PublicBase>,
     pub tls: bool,
-    pub websocket_config: WebSocketConfig,
+    pub frame_limits: FrameLimits,
     /// Open WebSocket relays, so shutdown can wait for their close.
     pub streams: TaskTracker,
     /// Cancelled at shutdown: relays close both sides with 1001.
@@ -124,21 +124,6 @@ impl Shared {
         }
         base
     }
-}
-
-/// Messages are written once this much is buffered, or when the relay
-/// flushes because nothing else is waiting (see `relay::pump`).
-const WRITE_BATCH_BYTES: usize = 16 * 1024;
-
-/// Tungstenite settings from the config: small eager buffers so idle
-/// conversations stay cheap; writes batched while messages keep coming.
-pub fn websocket_config(config: &crate::config::WebSocketConfig) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer_bytes)
-        .write_buffer_size(WRITE_BATCH_BYTES)
-        .max_write_buffer_size(config.max_message_bytes.saturating_mul(2))
-        .max_message_size(Some(config.max_message_bytes))
-        .max_frame_size(Some(config.max_frame_bytes))
 }
 
 pub async fn handle(

@@ -7,18 +7,16 @@
 //! in order, or arbitrary bytes. Either way the relay must end: the clock is
 //! paused, so a relay that would wait forever fails at once.
 //!
-//! The harness stays small on purpose: the relay is to become frame-level,
-//! and only `relay::run`'s signature ties this target to it.
+//! The relay reads in chunks of an arbitrary size (down to one byte), so
+//! frames and headers are split at every point the input chooses.
 #![no_main]
 
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use directline_proxy::config;
 use directline_proxy::directline::inspect::Inspector;
-use directline_proxy::directline::relay::{self, RelaySettings};
+use directline_proxy::directline::relay::{self, FrameLimits, RelaySettings};
 use directline_proxy::metrics::Metrics;
-use directline_proxy::proxy::websocket_config;
 use futures_util::StreamExt;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
@@ -39,6 +37,8 @@ struct Exchange {
     bot_texts: Vec<String>,
     /// Payload bytes per frame of a text message (1 to the frame limit).
     fragment: u16,
+    /// The relay's read chunk (1 to 2048 bytes).
+    read_chunk: u16,
     /// Sent by the bot after its texts: frames of any kind, or garbage.
     bot_tail: Vec<u8>,
     /// Empty: the client is a well-behaved WebSocket. Else what it sends.
@@ -61,18 +61,16 @@ fuzz_target!(|exchange: Exchange| {
 async fn relay_exchange(exchange: Exchange) {
     let (client_end, client_far) = tokio::io::duplex(SOCKET_BUFFER);
     let (bot_end, bot_far) = tokio::io::duplex(SOCKET_BUFFER);
-    let limits = config::WebSocketConfig {
-        max_frame_bytes: MAX_FRAME_BYTES,
-        ..config::WebSocketConfig::default()
-    };
-    let ws_config = Some(websocket_config(&limits));
-    let client = WebSocketStream::from_raw_socket(client_end, Role::Server, ws_config).await;
-    let upstream = WebSocketStream::from_raw_socket(bot_end, Role::Client, ws_config).await;
     let settings = RelaySettings {
         close_timeout: CLOSE_TIMEOUT,
         shutdown: CancellationToken::new(),
         inspector: Inspector::default(),
         counters: Metrics::new().relay_counters(),
+        limits: FrameLimits {
+            max_frame_bytes: MAX_FRAME_BYTES as u64,
+            max_message_bytes: 2 * 1024 * 1024,
+            read_chunk_bytes: usize::from(exchange.read_chunk) % 2048 + 1,
+        },
     };
     let chunk = usize::from(exchange.fragment) % MAX_FRAME_BYTES + 1;
     let mut from_bot = Vec::new();
@@ -80,7 +78,7 @@ async fn relay_exchange(exchange: Exchange) {
         encode_text(&mut from_bot, text.as_bytes(), chunk);
     }
     from_bot.extend_from_slice(&exchange.bot_tail);
-    let relay = relay::run(client, upstream, settings);
+    let relay = relay::run(client_end, bot_end, settings);
     let bot = exchange_raw(bot_far, &from_bot);
     if exchange.client_bytes.is_empty() {
         let (_, _, received) = tokio::join!(relay, bot, texts_received(client_far));

@@ -1,16 +1,20 @@
-//! The inspection step every ActivitySet from the bot passes through, on
-//! the stream and on the polling path.
+//! The inspection step every text message from the bot passes through on
+//! the stream (the polling path calls [`Sso::process`] itself).
 //!
-//! Without SSO it is the identity: the frame goes out as the same bytes,
-//! without a parse or a copy (`Utf8Bytes` is reference-counted). With SSO,
-//! [`Sso::process`] may hold the frame while a card is decided and may
-//! return a rewritten set.
+//! Without SSO nothing is inspected and every frame goes on as it came.
+//! With SSO, a message goes through [`Sso::process`] only when it may hold
+//! an OAuth card or an echo of the proxy's invoke (a marker search); the
+//! decision may hold the message and may return a rewritten set.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-
 use crate::sso::{Access, Sso};
+
+/// A pending inspection: the rewritten message, or `None` to send the
+/// original on unchanged. Owns what it needs, so the relay can hold it.
+pub type Inspection = Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>>;
 
 /// One stream's inspection: the SSO engine and the conversation it serves.
 #[derive(Default)]
@@ -25,17 +29,22 @@ impl Inspector {
         }
     }
 
-    pub async fn bot_text(&self, text: Utf8Bytes) -> Utf8Bytes {
-        let Some((sso, access)) = &self.sso else {
-            return text;
+    /// Whether text messages must be seen whole before they go on.
+    pub fn active(&self) -> bool {
+        self.sso.is_some()
+    }
+
+    /// Whether this message's payload must be inspected: most are not.
+    pub fn wants(&self, payload: &[u8]) -> bool {
+        self.sso
+            .as_ref()
+            .is_some_and(|(sso, _)| sso.may_act_on(payload))
+    }
+
+    pub fn inspect(&self, payload: Vec<u8>) -> Inspection {
+        let Some((sso, access)) = self.sso.clone() else {
+            return Box::pin(std::future::ready(None));
         };
-        // Boxed: the decision's state machine is large and lives only while
-        // a frame is inspected, not in every idle stream's task.
-        match Box::pin(sso.process(access, text.as_bytes())).await {
-            Some(rewritten) => String::from_utf8(rewritten)
-                .map(Utf8Bytes::from)
-                .unwrap_or(text),
-            None => text,
-        }
+        Box::pin(async move { sso.process(&access, &payload).await })
     }
 }

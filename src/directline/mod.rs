@@ -2,7 +2,9 @@
 
 pub mod activity;
 pub mod credentials;
+pub mod frame;
 pub mod inspect;
+pub mod read_pool;
 pub mod relay;
 pub mod rest;
 pub mod route;

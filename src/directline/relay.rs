@@ -1,32 +1,71 @@
-//! Moving WebSocket messages between the client and the upstream.
+//! Moving WebSocket frames between the client and the upstream.
 //!
-//! Written over any `Stream + Sink` of tungstenite messages, so it can be
-//! tested without sockets. Each direction is a pump that awaits its send
-//! before reading on: a slow reader on one side pauses reading from the
-//! other (bounded buffering) without stopping the opposite direction.
+//! Frames are relayed as the bytes they came as: each frame header is read
+//! (RFC 6455 section 5.2) to find its end, check the limits and see closes,
+//! and whole frames go on unchanged, client frames still masked as the
+//! client masked them. Only a text message from the bot that may hold an
+//! OAuth card (see [`Inspector::wants`]) is taken apart: it is held whole,
+//! inspected, and sent on as it came or as one rewritten text frame.
+//!
+//! Both directions run in one task over the two sockets, so neither socket
+//! is split behind a lock. Each direction reads into a buffer lent by
+//! [`read_pool`] for as long as data keeps coming, and gives it back when a
+//! read finds nothing: an idle stream keeps at most a partial frame's bytes.
+//! A direction writes out what it read before it reads again, so a slow
+//! reader on one side pauses reading from the other (bounded buffering)
+//! without stopping the opposite direction. Only whole frames are ever
+//! written, so the proxy can always add its own close frame.
 
-use std::future::Future;
-use std::task::Poll;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::inspect::Inspector;
+use super::frame::{self, FrameError, Header, Opcode};
+use super::inspect::{Inspection, Inspector};
+use super::read_pool;
 use crate::metrics::RelayCounters;
+
+/// RFC 6455 section 7.4.1 close codes the proxy sends itself.
+const GOING_AWAY: u16 = 1001;
+const INTERNAL_ERROR: u16 = 1011;
+const MESSAGE_TOO_BIG: u16 = 1009;
 
 pub struct RelaySettings {
     /// How long the second half of a close handshake may take.
     pub close_timeout: Duration,
     /// Cancelled when the proxy shuts down: both sides get 1001.
     pub shutdown: CancellationToken,
-    /// What every text frame from the bot passes through.
+    /// What every text message from the bot passes through.
     pub inspector: Inspector,
     pub counters: RelayCounters,
+    pub limits: FrameLimits,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FrameLimits {
+    /// Larger frames close both sides with 1009.
+    pub max_frame_bytes: u64,
+    /// Larger messages (all fragments together) close both sides with 1009.
+    pub max_message_bytes: u64,
+    /// Size of the buffer lent for reading while data keeps coming.
+    pub read_chunk_bytes: usize,
+}
+
+impl FrameLimits {
+    pub fn from_config(config: &crate::config::WebSocketConfig) -> FrameLimits {
+        FrameLimits {
+            max_frame_bytes: config.max_frame_bytes as u64,
+            max_message_bytes: config.max_message_bytes as u64,
+            read_chunk_bytes: config.read_buffer_bytes,
+        }
+    }
 }
 
 /// How a relayed stream ended, for the log.
@@ -49,30 +88,36 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {
     ToUpstream,
     ToClient,
 }
 
 impl Direction {
-    /// The close frame sent on when this direction's source vanished
-    /// without a close handshake, so the other side knows to reconnect.
-    fn lost_frame(self) -> CloseFrame {
+    /// RFC 6455 section 5.1: clients mask every frame, servers none.
+    fn source_masks(self) -> bool {
+        self == Direction::ToUpstream
+    }
+
+    /// A frame the proxy writes towards this direction's destination: masked
+    /// towards the upstream, where the proxy is the client.
+    fn close_frame(self, code: u16, reason: &str) -> Vec<u8> {
+        let mask = (self == Direction::ToUpstream).then(frame::fresh_mask);
+        frame::close(code, reason, mask)
+    }
+
+    /// Sent on when this direction's source vanished or broke the protocol,
+    /// so the other side knows to reconnect.
+    fn lost_frame(self) -> Vec<u8> {
         match self {
-            Direction::ToUpstream => CloseFrame {
-                code: CloseCode::Away,
-                reason: "client connection lost".into(),
-            },
-            Direction::ToClient => CloseFrame {
-                code: CloseCode::Error,
-                reason: "upstream connection lost".into(),
-            },
+            Direction::ToUpstream => self.close_frame(GOING_AWAY, "client connection lost"),
+            Direction::ToClient => self.close_frame(INTERNAL_ERROR, "upstream connection lost"),
         }
     }
 
-    fn outcome(self, closed_cleanly: bool) -> Outcome {
-        match (self, closed_cleanly) {
+    fn source_ended(self, cleanly: bool) -> Outcome {
+        match (self, cleanly) {
             (Direction::ToUpstream, true) => Outcome::ClientClosed,
             (Direction::ToUpstream, false) => Outcome::ClientLost,
             (Direction::ToClient, true) => Outcome::UpstreamClosed,
@@ -80,193 +125,580 @@ impl Direction {
         }
     }
 
-    /// How the destination ended, judged by the error of a send to it: a
-    /// send after that side's close handshake began is a clean end.
-    fn destination_ended(self, error: &WsError) -> Outcome {
-        let closed = matches!(
-            error,
-            WsError::AlreadyClosed
-                | WsError::ConnectionClosed
-                | WsError::Protocol(ProtocolError::SendAfterClosing)
-        );
-        match (self, closed) {
-            (Direction::ToUpstream, true) => Outcome::UpstreamClosed,
-            (Direction::ToUpstream, false) => Outcome::UpstreamLost,
-            (Direction::ToClient, true) => Outcome::ClientClosed,
-            (Direction::ToClient, false) => Outcome::ClientLost,
+    fn destination_lost(self) -> Outcome {
+        match self {
+            Direction::ToUpstream => Outcome::UpstreamLost,
+            Direction::ToClient => Outcome::ClientLost,
         }
     }
 
-    /// Counts what arrived, before inspection: the frames the proxy relays.
-    fn count(self, message: &Message, counters: &RelayCounters) {
-        let (frames, bytes) = match self {
+    fn count(self, counters: &RelayCounters, frames: u64, bytes: u64) {
+        let (frame_counter, byte_counter) = match self {
             Direction::ToClient => (&counters.frames_to_client, &counters.bytes_to_client),
             Direction::ToUpstream => (&counters.frames_to_bot, &counters.bytes_to_bot),
         };
-        frames.inc();
-        bytes.inc_by(message.len() as u64);
-    }
-
-    async fn prepare(self, message: Message, inspector: &Inspector) -> Message {
-        match (self, message) {
-            (Direction::ToClient, Message::Text(text)) => {
-                Message::Text(inspector.bot_text(text).await)
-            }
-            (_, message) => message,
-        }
+        frame_counter.inc_by(frames);
+        byte_counter.inc_by(bytes);
     }
 }
 
 /// Relays until one side closes or is lost, then lets the other side finish
 /// its close handshake within the close timeout.
-pub async fn run<C, U>(client: C, upstream: U, settings: RelaySettings) -> Outcome
+pub async fn run<C, U>(mut client: C, mut upstream: U, settings: RelaySettings) -> Outcome
 where
-    C: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
-    U: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut client_tx, mut client_rx) = client.split();
-    let (mut upstream_tx, mut upstream_rx) = upstream.split();
-    let outcome = {
-        let to_upstream = pump(
-            &mut client_rx,
-            &mut upstream_tx,
-            Direction::ToUpstream,
-            &settings,
-        );
-        let to_client = pump(
-            &mut upstream_rx,
-            &mut client_tx,
-            Direction::ToClient,
-            &settings,
-        );
-        tokio::pin!(to_upstream, to_client);
+    let chunk = settings.limits.read_chunk_bytes;
+    let mut to_upstream = Half::new(Direction::ToUpstream, chunk);
+    let mut to_client = Half::new(Direction::ToClient, chunk);
+    let settings = &settings;
+    let first = {
+        let both = poll_fn(|cx| {
+            if let Poll::Ready(outcome) = to_upstream.poll(cx, &mut client, &mut upstream, settings)
+            {
+                return Poll::Ready((outcome, Direction::ToUpstream));
+            }
+            to_client
+                .poll(cx, &mut upstream, &mut client, settings)
+                .map(|outcome| (outcome, Direction::ToClient))
+        });
         tokio::select! {
-            outcome = &mut to_upstream => {
-                let _ = tokio::time::timeout(settings.close_timeout, to_client).await;
-                outcome
-            }
-            outcome = &mut to_client => {
-                let _ = tokio::time::timeout(settings.close_timeout, to_upstream).await;
-                outcome
-            }
-            () = settings.shutdown.cancelled() => Outcome::Shutdown,
+            ended = both => Some(ended),
+            () = settings.shutdown.cancelled() => None,
         }
     };
-    if outcome == Outcome::Shutdown {
-        let going_away = || {
-            Message::Close(Some(CloseFrame {
-                code: CloseCode::Away,
-                reason: "proxy shutting down".into(),
-            }))
-        };
-        let close_both = async {
-            let _ = tokio::join!(client_tx.send(going_away()), upstream_tx.send(going_away()));
-            tokio::join!(drain(&mut client_rx), drain(&mut upstream_rx));
-        };
-        let _ = tokio::time::timeout(settings.close_timeout, close_both).await;
-    }
+    let Some((outcome, ended)) = first else {
+        to_upstream.go_away();
+        to_client.go_away();
+        let (mut upstream_done, mut client_done) = (false, false);
+        let both_closed = poll_fn(|cx| {
+            upstream_done = upstream_done
+                || to_upstream
+                    .poll(cx, &mut client, &mut upstream, settings)
+                    .is_ready();
+            client_done = client_done
+                || to_client
+                    .poll(cx, &mut upstream, &mut client, settings)
+                    .is_ready();
+            if upstream_done && client_done {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        let _ = tokio::time::timeout(settings.close_timeout, both_closed).await;
+        return Outcome::Shutdown;
+    };
+    let the_other = poll_fn(|cx| match ended {
+        Direction::ToUpstream => to_client.poll(cx, &mut upstream, &mut client, settings),
+        Direction::ToClient => to_upstream.poll(cx, &mut client, &mut upstream, settings),
+    });
+    let _ = tokio::time::timeout(settings.close_timeout, the_other).await;
     outcome
 }
 
-async fn pump<S, K>(
-    source: &mut S,
-    sink: &mut K,
+/// What waits to be written to a direction's destination, in order.
+enum Out {
+    /// Bytes `start..end` of the half's buffer, whole frames as they came.
+    Run { start: usize, end: usize },
+    /// A frame the proxy wrote, or a held message sent on.
+    Owned { bytes: Vec<u8>, written: usize },
+}
+
+/// The fragments of a text message from the bot, held until its last one
+/// so the whole message can be inspected.
+#[derive(Default)]
+struct Held {
+    frames: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+/// A message in progress: data frames seen and their payload so far.
+#[derive(Clone, Copy)]
+struct OpenMessage {
+    payload_bytes: u64,
+}
+
+/// Why a frame stops the relay.
+enum Refusal {
+    Broken(FrameError),
+    WrongMasking,
+    UnexpectedContinuation,
+    UnfinishedMessage,
+    TooBig,
+}
+
+impl Refusal {
+    fn reason(&self) -> String {
+        match self {
+            Refusal::Broken(error) => error.to_string(),
+            Refusal::WrongMasking => "wrong masking".to_owned(),
+            Refusal::UnexpectedContinuation => "continuation outside a message".to_owned(),
+            Refusal::UnfinishedMessage => "new message inside a fragmented one".to_owned(),
+            Refusal::TooBig => "over the size limit".to_owned(),
+        }
+    }
+}
+
+enum Mode {
+    Relaying,
+    /// Shutting down: the source's frames are read and dropped until its
+    /// close arrives.
+    Draining,
+}
+
+/// One direction: reads frames from its source, writes to its destination.
+struct Half {
     direction: Direction,
-    settings: &RelaySettings,
-) -> Outcome
-where
-    S: Stream<Item = Result<Message, WsError>> + Unpin,
-    K: Sink<Message, Error = WsError> + Unpin,
-{
-    let mut next = source.next().await;
-    loop {
-        match next {
-            Some(Ok(Message::Close(frame))) => {
-                let _ = sink.send(Message::Close(frame)).await;
-                drain(source).await;
-                return direction.outcome(true);
+    /// Size of the buffers lent by the pool.
+    chunk: usize,
+    mode: Mode,
+    /// Bytes read and not yet relayed; empty without capacity while idle.
+    buffer: BytesMut,
+    /// Whether `buffer` is lent by the pool (else it holds only the bytes
+    /// of a partial frame, or one frame larger than a chunk).
+    pooled: bool,
+    /// Bytes at the start of `buffer` already parsed into frames.
+    parsed: usize,
+    /// Length of the partial frame at `parsed`, once its header is known.
+    wanted: usize,
+    out: VecDeque<Out>,
+    open: Option<OpenMessage>,
+    held: Option<Held>,
+    inspection: Option<(Inspection, Vec<u8>)>,
+    /// Set when this direction stops once `out` is written.
+    end: Option<Outcome>,
+    unflushed: bool,
+}
+
+impl Half {
+    fn new(direction: Direction, chunk: usize) -> Half {
+        Half {
+            direction,
+            chunk,
+            mode: Mode::Relaying,
+            buffer: BytesMut::new(),
+            pooled: false,
+            parsed: 0,
+            wanted: 0,
+            out: VecDeque::new(),
+            open: None,
+            held: None,
+            inspection: None,
+            end: None,
+            unflushed: false,
+        }
+    }
+
+    fn poll<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        source: &mut S,
+        destination: &mut D,
+        settings: &RelaySettings,
+    ) -> Poll<Outcome>
+    where
+        S: AsyncRead + Unpin,
+        D: AsyncWrite + Unpin,
+    {
+        loop {
+            if ready!(self.poll_write_out(cx, destination)).is_err() {
+                return Poll::Ready(self.finish(self.direction.destination_lost()));
             }
-            Some(Ok(message)) => {
-                direction.count(&message, &settings.counters);
-                let message = match prepare_flushing(direction, message, settings, sink).await {
-                    Ok(message) => message,
-                    Err(error) => return direction.destination_ended(&error),
+            if let Some(outcome) = self.end {
+                let _ = ready!(Pin::new(&mut *destination).poll_flush(cx));
+                return Poll::Ready(self.finish(outcome));
+            }
+            if let Some((inspection, _)) = &mut self.inspection {
+                let Poll::Ready(rewritten) = inspection.as_mut().poll(cx) else {
+                    return self.pending(cx, destination);
                 };
-                if let Err(error) = sink.feed(message).await {
-                    return direction.destination_ended(&error);
+                if let Some((_, frames)) = self.inspection.take() {
+                    let bytes = match rewritten {
+                        Some(text) => frame::encode(Opcode::Text, &text, None),
+                        None => frames,
+                    };
+                    self.out.push_back(Out::Owned { bytes, written: 0 });
                 }
-                // Flush only when no further message is already waiting, so a
-                // burst goes out in few writes and a lone message at once.
-                next = match source.next().now_or_never() {
-                    Some(item) => item,
-                    None => {
-                        if let Err(error) = sink.flush().await {
-                            return direction.destination_ended(&error);
-                        }
-                        source.next().await
-                    }
-                };
                 continue;
             }
-            Some(Err(WsError::Capacity(error))) => {
-                tracing::info!(?direction, %error, "WebSocket message over the limit: closing with 1009");
-                let _ = sink.send(Message::Close(Some(too_big_frame()))).await;
-                return Outcome::TooBig;
+            if self.relay_parsed(settings) {
+                continue;
             }
-            Some(Err(error)) => {
-                tracing::debug!(?direction, %error, "WebSocket read failed");
-                let _ = sink
-                    .send(Message::Close(Some(direction.lost_frame())))
-                    .await;
-                return direction.outcome(false);
-            }
-            None => {
-                let _ = sink
-                    .send(Message::Close(Some(direction.lost_frame())))
-                    .await;
-                return direction.outcome(false);
+            match self.poll_fill(cx, source) {
+                Poll::Pending => return self.pending(cx, destination),
+                Poll::Ready(Ok(true)) => {}
+                Poll::Ready(Ok(false) | Err(_)) => self.source_lost(),
             }
         }
     }
-}
 
-/// RFC 6455 section 7.4.1: 1009, a message too big to process. The other
-/// side hears it; the side that sent the message gets the echo of the
-/// close handshake through the relay.
-fn too_big_frame() -> CloseFrame {
-    CloseFrame {
-        code: CloseCode::Size,
-        reason: "message too big".into(),
+    /// Before waiting, what was written goes out: a burst is flushed once,
+    /// a lone frame at once.
+    fn pending<D: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        destination: &mut D,
+    ) -> Poll<Outcome> {
+        if self.unflushed {
+            match Pin::new(destination).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(_)) => {
+                    return Poll::Ready(self.finish(self.direction.destination_lost()));
+                }
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
     }
-}
 
-/// Inspects `message`; when the inspection has to wait (an SSO decision),
-/// what was fed before it is flushed first, so a batch never waits on it.
-async fn prepare_flushing<K>(
-    direction: Direction,
-    message: Message,
-    settings: &RelaySettings,
-    sink: &mut K,
-) -> Result<Message, WsError>
-where
-    K: Sink<Message, Error = WsError> + Unpin,
-{
-    let mut prepared = std::pin::pin!(direction.prepare(message, &settings.inspector));
-    let first = std::future::poll_fn(|cx| Poll::Ready(prepared.as_mut().poll(cx))).await;
-    match first {
-        Poll::Ready(message) => Ok(message),
-        Poll::Pending => {
-            sink.flush().await?;
-            Ok(prepared.await)
+    /// Ends this direction for good: the buffer goes back to the pool and
+    /// later polls return the same outcome.
+    fn finish(&mut self, outcome: Outcome) -> Outcome {
+        self.release_buffer();
+        self.out.clear();
+        self.held = None;
+        self.inspection = None;
+        self.end = Some(outcome);
+        outcome
+    }
+
+    fn poll_write_out<D: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        destination: &mut D,
+    ) -> Poll<io::Result<()>> {
+        while let Some(front) = self.out.front_mut() {
+            let (pending, advance): (&[u8], &mut usize) = match front {
+                Out::Run { start, end } => (&self.buffer[*start..*end], start),
+                Out::Owned { bytes, written } => (&bytes[*written..], written),
+            };
+            if pending.is_empty() {
+                self.out.pop_front();
+                continue;
+            }
+            let written = ready!(Pin::new(&mut *destination).poll_write(cx, pending))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *advance += written;
+            self.unflushed = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads more into the buffer; `Ok(false)` at the end of the stream.
+    fn poll_fill<S: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        source: &mut S,
+    ) -> Poll<io::Result<bool>> {
+        self.make_room();
+        match tokio_util::io::poll_read_buf(Pin::new(source), cx, &mut self.buffer) {
+            Poll::Pending => {
+                self.keep_only_partial_frame();
+                Poll::Pending
+            }
+            Poll::Ready(Ok(0)) => Poll::Ready(Ok(false)),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(true)),
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
         }
     }
+
+    /// Drops the relayed bytes and makes room for a read: a lent chunk, or
+    /// for a frame larger than a chunk, a buffer of its size.
+    fn make_room(&mut self) {
+        let chunk = self.chunk;
+        self.buffer.advance(self.parsed);
+        self.parsed = 0;
+        let needed = self.wanted.max(chunk);
+        if self.wanted > chunk {
+            self.release_to_own_buffer(needed);
+        } else if !self.pooled {
+            let mut lent = read_pool::take(chunk);
+            lent.extend_from_slice(&self.buffer);
+            self.buffer = lent;
+            self.pooled = true;
+        } else if self.buffer.capacity() < needed {
+            self.buffer.reserve(needed - self.buffer.len());
+        }
+    }
+
+    /// Moves the partial frame into a buffer of exactly `size` bytes that
+    /// is not the pool's.
+    fn release_to_own_buffer(&mut self, size: usize) {
+        if !self.pooled && self.buffer.capacity() >= size {
+            return;
+        }
+        let mut own = BytesMut::with_capacity(size);
+        own.extend_from_slice(&self.buffer);
+        self.release_buffer();
+        self.buffer = own;
+    }
+
+    /// While waiting for the source, keep only a partial frame's bytes.
+    fn keep_only_partial_frame(&mut self) {
+        if !self.pooled {
+            return;
+        }
+        let partial = BytesMut::from(&self.buffer[self.parsed..]);
+        self.release_buffer();
+        self.buffer = partial;
+    }
+
+    fn release_buffer(&mut self) {
+        let buffer = std::mem::take(&mut self.buffer);
+        self.parsed = 0;
+        if std::mem::take(&mut self.pooled) {
+            read_pool::give(buffer, self.chunk);
+        }
+    }
+
+    /// Parses the frames read so far and queues what goes out. `false` when
+    /// nothing can go on without more bytes.
+    fn relay_parsed(&mut self, settings: &RelaySettings) -> bool {
+        let mut run_start = self.parsed;
+        let mut frames = 0u64;
+        let mut payload_bytes = 0u64;
+        let stopped = loop {
+            let rest = &self.buffer[self.parsed..];
+            let header = match Header::parse(rest) {
+                Ok(Some(header)) => header,
+                Ok(None) => {
+                    self.wanted = 0;
+                    break false;
+                }
+                Err(error) => {
+                    self.push_run(run_start, self.parsed);
+                    self.refuse(Refusal::Broken(error));
+                    break true;
+                }
+            };
+            if let Err(refusal) = self.admit(&header, &settings.limits) {
+                self.push_run(run_start, self.parsed);
+                self.refuse(refusal);
+                break true;
+            }
+            let frame_len = header.frame_len() as usize;
+            if rest.len() < frame_len {
+                self.wanted = frame_len;
+                break false;
+            }
+            let frame_start = self.parsed;
+            self.parsed += frame_len;
+            self.wanted = 0;
+            if header.opcode != Opcode::Close {
+                frames += 1;
+                payload_bytes += header.payload_len;
+            }
+            if matches!(self.mode, Mode::Draining) {
+                if header.opcode == Opcode::Close {
+                    self.end = Some(Outcome::Shutdown);
+                    break true;
+                }
+                run_start = self.parsed;
+                continue;
+            }
+            if header.opcode == Opcode::Close {
+                self.push_run(run_start, frame_start);
+                self.send_held();
+                self.push_run(frame_start, self.parsed);
+                self.end = Some(self.direction.source_ended(true));
+                break true;
+            }
+            self.track_message(&header);
+            if self.holds(&header, &settings.inspector) {
+                self.push_run(run_start, frame_start);
+                run_start = self.parsed;
+                if self.hold(&header, frame_start, &settings.inspector) {
+                    break true;
+                }
+            }
+        };
+        if frames > 0 {
+            self.direction
+                .count(&settings.counters, frames, payload_bytes);
+        }
+        if !stopped {
+            self.push_run(run_start, self.parsed);
+        }
+        stopped || !self.out.is_empty() || frames > 0
+    }
+
+    /// Checks a frame by its header alone, before its payload is read.
+    fn admit(&self, header: &Header, limits: &FrameLimits) -> Result<(), Refusal> {
+        if header.payload_len > limits.max_frame_bytes {
+            return Err(Refusal::TooBig);
+        }
+        if matches!(self.mode, Mode::Draining) {
+            return Ok(());
+        }
+        if header.mask.is_some() != self.direction.source_masks() {
+            return Err(Refusal::WrongMasking);
+        }
+        match (header.opcode, self.open) {
+            (Opcode::Continuation, None) => Err(Refusal::UnexpectedContinuation),
+            (Opcode::Continuation, Some(open))
+                if open.payload_bytes.saturating_add(header.payload_len)
+                    > limits.max_message_bytes =>
+            {
+                Err(Refusal::TooBig)
+            }
+            (Opcode::Text | Opcode::Binary, Some(_)) => Err(Refusal::UnfinishedMessage),
+            _ => Ok(()),
+        }
+    }
+
+    /// Follows fragmentation once a whole data frame is read.
+    fn track_message(&mut self, header: &Header) {
+        if header.opcode.is_control() {
+            return;
+        }
+        let so_far = self.open.map_or(0, |open| open.payload_bytes);
+        self.open = (!header.fin).then_some(OpenMessage {
+            payload_bytes: so_far + header.payload_len,
+        });
+    }
+
+    /// Whether the frame is part of a bot text message that must be seen
+    /// whole before it goes on.
+    fn holds(&self, header: &Header, inspector: &Inspector) -> bool {
+        if self.direction != Direction::ToClient || !inspector.active() {
+            return false;
+        }
+        match header.opcode {
+            Opcode::Text => true,
+            Opcode::Continuation => self.held.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Adds a frame to the held message; when it was the last, sends the
+    /// message on or starts its inspection (`true`: wait for it).
+    fn hold(&mut self, header: &Header, frame_start: usize, inspector: &Inspector) -> bool {
+        let frame_bytes = &self.buffer[frame_start..self.parsed];
+        let payload = &frame_bytes[header.header_len..];
+        if header.fin && self.held.is_none() {
+            // A whole message in one frame, the usual case: copied only
+            // when it may hold a card.
+            if inspector.wants(payload) {
+                self.inspection = Some((inspector.inspect(payload.to_vec()), frame_bytes.to_vec()));
+                return true;
+            }
+            self.push_run(frame_start, self.parsed);
+            return false;
+        }
+        let held = self.held.get_or_insert_with(Held::default);
+        held.frames.extend_from_slice(frame_bytes);
+        held.payload.extend_from_slice(payload);
+        if !header.fin {
+            return false;
+        }
+        let Some(held) = self.held.take() else {
+            return false;
+        };
+        if inspector.wants(&held.payload) {
+            self.inspection = Some((inspector.inspect(held.payload), held.frames));
+            return true;
+        }
+        self.out.push_back(Out::Owned {
+            bytes: held.frames,
+            written: 0,
+        });
+        false
+    }
+
+    /// Sends on the fragments of an unfinished held message as they came.
+    fn send_held(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.out.push_back(Out::Owned {
+                bytes: held.frames,
+                written: 0,
+            });
+        }
+    }
+
+    fn push_run(&mut self, start: usize, end: usize) {
+        if start >= end {
+            return;
+        }
+        if let Some(Out::Run { end: last_end, .. }) = self.out.back_mut()
+            && *last_end == start
+        {
+            *last_end = end;
+            return;
+        }
+        self.out.push_back(Out::Run { start, end });
+    }
+
+    fn refuse(&mut self, refusal: Refusal) {
+        if matches!(self.mode, Mode::Draining) {
+            self.end = Some(Outcome::Shutdown);
+            return;
+        }
+        let direction = self.direction;
+        match refusal {
+            Refusal::TooBig => {
+                tracing::info!(
+                    ?direction,
+                    "WebSocket message over the limit: closing with 1009"
+                );
+                self.send_held();
+                self.out.push_back(Out::Owned {
+                    bytes: direction.close_frame(MESSAGE_TOO_BIG, "message too big"),
+                    written: 0,
+                });
+                self.end = Some(Outcome::TooBig);
+            }
+            broken => {
+                let reason = broken.reason();
+                tracing::debug!(?direction, %reason, "WebSocket frame breaks RFC 6455");
+                self.source_lost();
+            }
+        }
+    }
+
+    /// The source is gone (or broke the protocol): what it sent whole goes
+    /// on, then a close frame that tells the destination to reconnect.
+    fn source_lost(&mut self) {
+        if matches!(self.mode, Mode::Draining) {
+            self.end = Some(Outcome::Shutdown);
+            return;
+        }
+        self.inspection = None;
+        self.send_held();
+        self.out.push_back(Out::Owned {
+            bytes: self.direction.lost_frame(),
+            written: 0,
+        });
+        self.end = Some(self.direction.source_ended(false));
+    }
+
+    /// Shutdown: the destination gets 1001 after what is already on its
+    /// way, then the source is read until its close reply. A direction that
+    /// is already ending (a close on its way) keeps its course.
+    fn go_away(&mut self) {
+        if self.end.is_some() {
+            return;
+        }
+        self.inspection = None;
+        self.held = None;
+        self.out.push_back(Out::Owned {
+            bytes: self
+                .direction
+                .close_frame(GOING_AWAY, "proxy shutting down"),
+            written: 0,
+        });
+        self.mode = Mode::Draining;
+    }
 }
 
-/// Reads until the stream ends, so the close reply tungstenite queued gets
-/// written.
-async fn drain<S>(source: &mut S)
-where
-    S: Stream<Item = Result<Message, WsError>> + Unpin,
-{
-    while let Some(Ok(_)) = source.next().await {}
+impl Drop for Half {
+    fn drop(&mut self) {
+        self.release_buffer();
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,9 +14,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tracing::Instrument;
 
 use super::inspect::Inspector;
@@ -243,12 +241,12 @@ fn spawn_relay(
     held: Held,
     inspector: Inspector,
 ) {
-    let config = shared.websocket_config;
     let settings = relay::RelaySettings {
         close_timeout: shared.config.websocket.close_timeout(),
         shutdown: shared.shutdown.clone(),
         inspector,
         counters: shared.metrics.relay_counters(),
+        limits: shared.frame_limits,
     };
     let metrics = shared.metrics.clone();
     let span = tracing::Span::current();
@@ -261,15 +259,9 @@ fn spawn_relay(
                 return;
             }
         };
-        let client =
-            WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, Some(config))
-                .await;
-        let upstream =
-            WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, Some(config))
-                .await;
         tracing::info!("stream opened");
         let active = metrics.connection(Transport::Websocket);
-        let outcome = relay::run(client, upstream, settings).await;
+        let outcome = relay::run(TokioIo::new(client), TokioIo::new(upstream), settings).await;
         if outcome.lost() {
             metrics.error(ErrorKind::WebsocketLost);
         }

@@ -224,6 +224,12 @@ impl Sso {
 
     /// The set with exchanged cards and proxy echoes removed, or `None` when
     /// the bytes go out unchanged.
+    /// The fast path's test: without a marker, [`Sso::process`] would
+    /// leave the bytes as they are.
+    pub fn may_act_on(&self, bytes: &[u8]) -> bool {
+        self.markers.present(bytes)
+    }
+
     pub async fn process(&self, access: &Access, bytes: &[u8]) -> Option<Vec<u8>> {
         if !self.markers.present(bytes) {
             return None;
