@@ -40,6 +40,11 @@ pub fn nearest_forwarded<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Optio
 /// Removes hop-by-hop headers, including any the `Connection` header names,
 /// and `Upgrade` (re-added explicitly by the WebSocket relay).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names is cheaper than
+    // ten hashed removals.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -53,14 +58,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::UPGRADE || HOP_BY_HOP.contains(name)
+}
+
 /// Who the client is, as the proxy saw it.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub ip: IpAddr,
+    /// `ip` as a header value, made once per connection (see [`ClientInfo::ip_value`]).
+    pub ip_value: HeaderValue,
     /// `http` or `https`: the scheme of the listener the request came in on.
     pub proto: &'static str,
     /// The Host (or `:authority`) the client used, if any.
     pub host: Option<HeaderValue>,
+}
+
+impl ClientInfo {
+    pub fn new(ip: IpAddr, proto: &'static str, host: Option<HeaderValue>) -> ClientInfo {
+        ClientInfo {
+            ip,
+            ip_value: ClientInfo::ip_value(ip),
+            proto,
+            host,
+        }
+    }
+
+    /// `ip` as `X-Forwarded-For` carries it.
+    pub fn ip_value(ip: IpAddr) -> HeaderValue {
+        HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
+    }
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host` for the upstream.
@@ -69,20 +96,23 @@ pub struct ClientInfo {
 /// (the client's address is appended to `X-Forwarded-For`); without it they
 /// are replaced, so a client cannot claim another address.
 pub fn add_forwarded_headers(headers: &mut HeaderMap, client: &ClientInfo, trust_incoming: bool) {
-    let ip = client.ip.to_string();
     // Several header lines count as one comma-separated list (RFC 9110 5.3).
-    let existing: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let forwarded_for = if trust_incoming && !existing.is_empty() {
-        format!("{}, {ip}", existing.join(", "))
+    let existing: Vec<&str> = if trust_incoming {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
     } else {
-        ip
+        Vec::new()
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR, value);
+    if existing.is_empty() {
+        headers.insert(X_FORWARDED_FOR, client.ip_value.clone());
+    } else {
+        let forwarded_for = format!("{}, {}", existing.join(", "), client.ip);
+        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
     }
     if !(trust_incoming && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
@@ -100,11 +130,11 @@ mod tests {
     use super::*;
 
     fn client() -> ClientInfo {
-        ClientInfo {
-            ip: "10.0.0.7".parse().expect("ip"),
-            proto: "https",
-            host: Some(HeaderValue::from_static("chat.example.com")),
-        }
+        ClientInfo::new(
+            "10.0.0.7".parse().expect("ip"),
+            "https",
+            Some(HeaderValue::from_static("chat.example.com")),
+        )
     }
 
     #[test]

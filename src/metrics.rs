@@ -4,6 +4,7 @@
 //! a conversation id, user or token. Hot-path counters (frames, bytes) are
 //! resolved once per stream so relaying a frame costs one atomic add.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -148,6 +149,30 @@ pub struct Metrics {
     reloads: Family<OutcomeLabels, Counter>,
     quota_rejections: Family<QuotaLabels, Counter>,
     tasks_alive: Gauge,
+    /// Per-request series, resolved on first use (so `/metrics` shows the
+    /// same series as before) and then reused without a hashed lookup.
+    hot: HotSeries,
+}
+
+/// The route names `upstream_request` sees on the REST path.
+const ROUTES: [&str; 7] = [
+    "generate_token",
+    "start_conversation",
+    "reconnect",
+    "poll",
+    "stream",
+    "send",
+    "other",
+];
+const STATUS_CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error", "timeout"];
+
+#[derive(Default)]
+struct HotSeries {
+    /// By `Transport`: (connections, connections_active).
+    connections: [OnceLock<(Counter, Gauge)>; 3],
+    /// By route, then status class.
+    upstream_requests: [[OnceLock<Counter>; STATUS_CLASSES.len()]; ROUTES.len()],
+    upstream_duration: [OnceLock<Histogram>; ROUTES.len()],
 }
 
 impl Default for Metrics {
@@ -176,6 +201,7 @@ impl Metrics {
             reloads: Family::default(),
             quota_rejections: Family::default(),
             tasks_alive: Gauge::default(),
+            hot: HotSeries::default(),
         };
         metrics.register()
     }
@@ -281,13 +307,25 @@ impl Metrics {
 
     /// Counts a request or relay; it stays active until the guard drops.
     pub fn connection(&self, transport: Transport) -> ActiveConnection {
-        let labels = TransportLabels {
-            transport: transport.as_str(),
+        let index = match transport {
+            Transport::Rest => 0,
+            Transport::Polling => 1,
+            Transport::Websocket => 2,
         };
-        self.connections.get_or_create(&labels).inc();
-        let active = self.connections_active.get_or_create_owned(&labels);
+        let (total, active) = self.hot.connections[index].get_or_init(|| {
+            let labels = TransportLabels {
+                transport: transport.as_str(),
+            };
+            (
+                self.connections.get_or_create_owned(&labels),
+                self.connections_active.get_or_create_owned(&labels),
+            )
+        });
+        total.inc();
         active.inc();
-        ActiveConnection { active }
+        ActiveConnection {
+            active: active.clone(),
+        }
     }
 
     /// The counters one WebSocket relay increments, resolved once.
@@ -314,15 +352,37 @@ impl Metrics {
             (None, false) => "error",
             (Some(status), false) => status_class(status),
         };
-        self.upstream_requests
-            .get_or_create(&UpstreamLabels {
-                route,
-                status_class,
+        let seconds = elapsed.as_secs_f64();
+        let route_index = ROUTES.iter().position(|known| *known == route);
+        let class_index = STATUS_CLASSES
+            .iter()
+            .position(|known| *known == status_class);
+        let (Some(r), Some(c)) = (route_index, class_index) else {
+            self.upstream_requests
+                .get_or_create(&UpstreamLabels {
+                    route,
+                    status_class,
+                })
+                .inc();
+            self.upstream_duration
+                .get_or_create(&RouteLabels { route })
+                .observe(seconds);
+            return;
+        };
+        self.hot.upstream_requests[r][c]
+            .get_or_init(|| {
+                self.upstream_requests.get_or_create_owned(&UpstreamLabels {
+                    route,
+                    status_class,
+                })
             })
             .inc();
-        self.upstream_duration
-            .get_or_create(&RouteLabels { route })
-            .observe(elapsed.as_secs_f64());
+        self.hot.upstream_duration[r]
+            .get_or_init(|| {
+                self.upstream_duration
+                    .get_or_create_owned(&RouteLabels { route })
+            })
+            .observe(seconds);
     }
 
     pub fn oauth_card_seen(&self) {

@@ -276,7 +276,18 @@ async fn directline(
             } if stream::is_upgrade(&request) => {
                 // Counted as a WebSocket relay once the upgrade completes.
                 let sealed = sealed.as_deref();
-                stream::upgrade(shared, policy, conversation_id, sealed, request, client).await
+                // Boxed: the upgrade's state is large and rare; inline, it
+                // would grow every REST request's future (moved whole by
+                // hyper) by kilobytes.
+                Box::pin(stream::upgrade(
+                    shared,
+                    policy,
+                    conversation_id,
+                    sealed,
+                    request,
+                    client,
+                ))
+                .await
             }
             _ => {
                 let transport = match route {

@@ -305,11 +305,7 @@ mod tests {
     use super::*;
 
     fn client(ip: &str) -> ClientInfo {
-        ClientInfo {
-            ip: ip.parse().expect("ip"),
-            proto: "http",
-            host: None,
-        }
+        ClientInfo::new(ip.parse().expect("ip"), "http", None)
     }
 
     #[test]

@@ -196,8 +196,9 @@ async fn serve_connection(
     let proto = if tls.is_some() { "https" } else { "http" };
     let service = {
         let shared = shared.clone();
+        let ip_value = ClientInfo::ip_value(peer.ip());
         move |request: Request<Incoming>| {
-            let client = client_info(peer, proto, &request);
+            let client = client_info(peer, &ip_value, proto, &request);
             handle(shared.clone(), request, client)
         }
     };
@@ -284,9 +285,15 @@ async fn sniff(tcp: &TcpStream) -> Option<Protocol> {
     }
 }
 
-fn client_info(peer: SocketAddr, proto: &'static str, request: &Request<Incoming>) -> ClientInfo {
+fn client_info(
+    peer: SocketAddr,
+    ip_value: &http::HeaderValue,
+    proto: &'static str,
+    request: &Request<Incoming>,
+) -> ClientInfo {
     ClientInfo {
         ip: peer.ip(),
+        ip_value: ip_value.clone(),
         proto,
         host: request
             .headers()

@@ -118,13 +118,15 @@ impl Upstream {
             .path_and_query()
             .ok_or_else(|| UpstreamError::BadUrl("request has no path".into()))?;
         let prefix = self.base.path().trim_end_matches('/');
-        let joined = format!("{prefix}{path_and_query}");
         let mut parts = self.base.clone().into_parts();
-        parts.path_and_query = Some(
-            joined
+        parts.path_and_query = Some(if prefix.is_empty() {
+            // Nothing to join: the client's, as parsed already.
+            path_and_query.clone()
+        } else {
+            format!("{prefix}{path_and_query}")
                 .parse()
-                .map_err(|e: http::uri::InvalidUri| UpstreamError::BadUrl(e.to_string()))?,
-        );
+                .map_err(|e: http::uri::InvalidUri| UpstreamError::BadUrl(e.to_string()))?
+        });
         Uri::from_parts(parts).map_err(|e| UpstreamError::BadUrl(e.to_string()))
     }
 

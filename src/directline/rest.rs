@@ -59,8 +59,9 @@ pub async fn relay(
         && ServerCredentials::applies(route, request.headers())
     {
         let trust = shared.config.listen.trust_forwarded_headers;
-        request = match credentials
-            .apply(route, request, client, trust, &shared.upstream)
+        // Boxed, like the other rare branches below: kept out of the
+        // plain relay's future, which hyper moves whole per request.
+        request = match Box::pin(credentials.apply(route, request, client, trust, &shared.upstream))
             .await
         {
             Ok(request) => request,
@@ -97,7 +98,7 @@ pub async fn relay(
         Treatment::RewriteStreamUrl(public, sealing) => {
             rewrite_stream_url(shared, &bytes, public, sealing.as_ref())
         }
-        Treatment::InspectPoll(sso, access) => sso.process(access, &bytes).await,
+        Treatment::InspectPoll(sso, access) => Box::pin(sso.process(access, &bytes)).await,
         Treatment::Pass => None,
     };
     let body = match rewritten {

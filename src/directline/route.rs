@@ -30,46 +30,53 @@ impl Route {
     /// slips past the inspection.
     pub fn classify(method: &Method, path: &str) -> Route {
         let rest = path.strip_prefix(PREFIX).unwrap_or_default();
-        let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-        let lower: Vec<String> = segments
+        // At most four segments matter; no allocation unless a literal
+        // segment has a percent-escape.
+        let mut segments = rest.split('/').filter(|s| !s.is_empty());
+        let first = segments.next();
+        let id_segment = segments.next();
+        let third = segments.next();
+        let fourth = segments.next();
+        let count = [first, id_segment, third, fourth]
             .iter()
-            .map(|s| decode_unreserved(s).to_ascii_lowercase())
-            .collect();
-        let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
-        let id = || {
-            segments
-                .get(1)
-                .map(|id| canonical_id(id))
-                .unwrap_or_default()
-        };
-        let has_id = segments.get(1).is_some_and(|id| !id.is_empty());
-        match (method, lower.as_slice()) {
-            (&Method::POST, ["tokens", "generate"]) => Route::GenerateToken,
-            (&Method::POST, ["conversations"]) => Route::StartConversation,
-            (&Method::GET, ["conversations", _]) if has_id => Route::Reconnect {
-                conversation_id: id(),
-            },
-            (&Method::GET, ["conversations", _, "activities"]) if has_id => Route::Poll {
-                conversation_id: id(),
-            },
-            (&Method::POST, ["conversations", _, "activities" | "upload"]) if has_id => {
-                Route::Send {
-                    conversation_id: id(),
-                }
-            }
-            (_, ["conversations", _, "stream"] | ["conversations", _, "stream", "multimodal"])
-                if has_id =>
-            {
-                Route::Stream {
-                    conversation_id: id(),
-                }
-            }
-            (_, ["conversations", _, ..]) if has_id => Route::Other {
-                conversation_id: Some(id()),
-            },
-            _ => Route::Other {
+            .filter(|s| s.is_some())
+            .count()
+            + segments.count();
+        let is = |segment: Option<&str>, word: &str| segment.is_some_and(|s| literal_is(s, word));
+        let id = || id_segment.map(canonical_id).unwrap_or_default();
+        let conversations = is(first, "conversations");
+        if *method == Method::POST
+            && count == 2
+            && is(first, "tokens")
+            && is(id_segment, "generate")
+        {
+            return Route::GenerateToken;
+        }
+        if *method == Method::POST && count == 1 && conversations {
+            return Route::StartConversation;
+        }
+        if !conversations || count < 2 {
+            return Route::Other {
                 conversation_id: None,
-            },
+            };
+        }
+        let conversation_id = id();
+        match (method, count) {
+            (&Method::GET, 2) => return Route::Reconnect { conversation_id },
+            (&Method::GET, 3) if is(third, "activities") => return Route::Poll { conversation_id },
+            (&Method::POST, 3) if is(third, "activities") || is(third, "upload") => {
+                return Route::Send { conversation_id };
+            }
+            _ => {}
+        }
+        let stream =
+            is(third, "stream") && (count == 3 || (count == 4 && is(fourth, "multimodal")));
+        if stream {
+            Route::Stream { conversation_id }
+        } else {
+            Route::Other {
+                conversation_id: Some(conversation_id),
+            }
         }
     }
 
@@ -82,11 +89,16 @@ impl Route {
         if Route::has_dot_segments(path) {
             return Some("Dot segments are not allowed in the path.");
         }
-        let lower = path.to_ascii_lowercase();
-        let smuggles = ["%2f", "%5c", "%00", "%25"]
-            .iter()
-            .any(|escape| lower.contains(escape))
-            || path.contains('\\');
+        let bytes = path.as_bytes();
+        let smuggles = memchr::memchr_iter(b'%', bytes).any(|at| {
+            let escape = bytes
+                .get(at + 1..at + 3)
+                .map(|e| (e[0], e[1].to_ascii_lowercase()));
+            matches!(
+                escape,
+                Some((b'2', b'f') | (b'5', b'c') | (b'0', b'0') | (b'2', b'5'))
+            )
+        }) || memchr::memchr(b'\\', bytes).is_some();
         smuggles.then_some(
             "Encoded slashes, backslashes, NUL and double encoding are not allowed in the path.",
         )
@@ -95,8 +107,18 @@ impl Route {
     /// Whether the path has a `.` or `..` segment (also percent-encoded).
     pub fn has_dot_segments(path: &str) -> bool {
         path.split('/').any(|segment| {
-            let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-            decoded == "." || decoded == ".."
+            // One or two dots, each `.` or `%2e` in either case.
+            let mut rest = segment.as_bytes();
+            let mut dots = 0;
+            while !rest.is_empty() && dots < 3 {
+                rest = match rest {
+                    [b'.', tail @ ..] => tail,
+                    [b'%', b'2', b'e' | b'E', tail @ ..] => tail,
+                    _ => return false,
+                };
+                dots += 1;
+            }
+            rest.is_empty() && (dots == 1 || dots == 2)
         })
     }
 
@@ -139,6 +161,17 @@ fn canonical_id(segment: &str) -> String {
         .map_or_else(|_| segment.to_string(), |id| id.into_owned())
 }
 
+/// Whether a path segment is the literal `word` (lower-case ASCII),
+/// compared as ASP.NET routing does: case-insensitively, after decoding
+/// escaped unreserved characters.
+fn literal_is(segment: &str, word: &str) -> bool {
+    if segment.contains('%') {
+        decode_unreserved(segment).eq_ignore_ascii_case(word)
+    } else {
+        segment.eq_ignore_ascii_case(word)
+    }
+}
+
 /// Decodes percent-escapes of unreserved characters (RFC 3986 section 6.2.2.2:
 /// `%61` is `a`), which servers decode before routing; others stay.
 fn decode_unreserved(segment: &str) -> String {
@@ -168,7 +201,125 @@ fn decode_unreserved(segment: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The allocating implementations the hot path used before (issue 9),
+    /// kept as the reference the new ones must agree with.
+    mod reference {
+        use super::*;
+
+        pub fn classify(method: &Method, path: &str) -> Route {
+            let rest = path.strip_prefix(PREFIX).unwrap_or_default();
+            let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+            let lower: Vec<String> = segments
+                .iter()
+                .map(|s| decode_unreserved(s).to_ascii_lowercase())
+                .collect();
+            let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+            let id = || {
+                segments
+                    .get(1)
+                    .map(|id| canonical_id(id))
+                    .unwrap_or_default()
+            };
+            let has_id = segments.get(1).is_some_and(|id| !id.is_empty());
+            match (method, lower.as_slice()) {
+                (&Method::POST, ["tokens", "generate"]) => Route::GenerateToken,
+                (&Method::POST, ["conversations"]) => Route::StartConversation,
+                (&Method::GET, ["conversations", _]) if has_id => Route::Reconnect {
+                    conversation_id: id(),
+                },
+                (&Method::GET, ["conversations", _, "activities"]) if has_id => Route::Poll {
+                    conversation_id: id(),
+                },
+                (&Method::POST, ["conversations", _, "activities" | "upload"]) if has_id => {
+                    Route::Send {
+                        conversation_id: id(),
+                    }
+                }
+                (
+                    _,
+                    ["conversations", _, "stream"] | ["conversations", _, "stream", "multimodal"],
+                ) if has_id => Route::Stream {
+                    conversation_id: id(),
+                },
+                (_, ["conversations", _, ..]) if has_id => Route::Other {
+                    conversation_id: Some(id()),
+                },
+                _ => Route::Other {
+                    conversation_id: None,
+                },
+            }
+        }
+
+        pub fn refusal(path: &str) -> Option<&'static str> {
+            if has_dot_segments(path) {
+                return Some("Dot segments are not allowed in the path.");
+            }
+            let lower = path.to_ascii_lowercase();
+            let smuggles = ["%2f", "%5c", "%00", "%25"]
+                .iter()
+                .any(|escape| lower.contains(escape))
+                || path.contains('\\');
+            smuggles.then_some(
+                "Encoded slashes, backslashes, NUL and double encoding are not allowed in the path.",
+            )
+        }
+
+        pub fn has_dot_segments(path: &str) -> bool {
+            path.split('/').any(|segment| {
+                let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+                decoded == "." || decoded == ".."
+            })
+        }
+    }
+
+    const PIECES: [&str; 26] = [
+        "",
+        "conversations",
+        "CONVERSATIONS",
+        "%63onversations",
+        "%43onversations",
+        "abc",
+        "%4Dx",
+        "activities",
+        "Activities",
+        "%61ctivities",
+        "stream",
+        "multimodal",
+        "upload",
+        "tokens",
+        "generate",
+        ".",
+        "..",
+        "...",
+        "%2e",
+        "%2E%2e",
+        ".%2e",
+        "a%2Fb",
+        "%25",
+        "%00",
+        "a\\b",
+        "%5c",
+    ];
+
+    proptest! {
+        #[test]
+        fn the_allocation_free_checks_agree_with_the_reference(
+            method in 0..4usize,
+            pieces in proptest::collection::vec(proptest::sample::select(&PIECES[..]), 0..7),
+            prefixed in any::<bool>(),
+        ) {
+            let method = [Method::GET, Method::POST, Method::PUT, Method::DELETE][method].clone();
+            let joined = pieces.join("/");
+            let path = if prefixed { format!("{PREFIX}{joined}") } else { joined };
+            prop_assert_eq!(Route::classify(&method, &path), reference::classify(&method, &path));
+            prop_assert_eq!(Route::refusal(&path), reference::refusal(&path));
+            prop_assert_eq!(Route::has_dot_segments(&path), reference::has_dot_segments(&path));
+        }
+    }
 
     fn classify(method: Method, path: &str) -> Route {
         Route::classify(&method, path)
