@@ -14,8 +14,8 @@
 use std::path::Path;
 
 use directline_proxy::config::Config;
+use directline_proxy::directline::relay::FrameLimits;
 use directline_proxy::origin::OriginPolicy;
-use directline_proxy::proxy::websocket_config;
 use directline_proxy::quota::Quotas;
 use directline_proxy::sso::allow_list::AllowList;
 use directline_proxy::sso::decisions::Decisions;
@@ -58,7 +58,7 @@ fuzz_target!(|bytes: &[u8]| {
         .socket_addr()
         .expect("accepted, yet no admin address");
     let _ = Quotas::new(&config.limits);
-    let _ = websocket_config(&config.websocket);
+    let _ = FrameLimits::from_config(&config.websocket);
     let _ = OriginPolicy::new(&config.listen.allowed_origins);
     let _ = AllowList::new(&config.sso.token_post_allow_hosts);
     let _ = Decisions::new(config.sso.decision_ttl(), config.sso.decision_capacity);
