@@ -300,11 +300,77 @@ pub struct LimitsConfig {
     pub max_streams_per_client: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// `text` or `json`.
-    pub format: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where user tokens come from: `sso.provider`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// SSO off: a pure relay.
+    #[default]
+    None,
+    /// The same token for everyone (development).
+    Static,
+    /// An auth API called with headers of the user's request.
+    Http,
+    /// The token in a header of the user's request.
+    Header,
+    /// An OAuth 2.0 exchange of the user's incoming token.
+    Oauth2,
+}
+
+impl ProviderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::None => "none",
+            ProviderKind::Static => "static",
+            ProviderKind::Http => "http",
+            ProviderKind::Header => "header",
+            ProviderKind::Oauth2 => "oauth2",
+        }
+    }
+}
+
+/// How a token reaches the bot: `sso.flows`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flow {
+    /// A `signin/tokenExchange` invoke posted to the conversation.
+    Invoke,
+    /// The token posted to the card's `sasUrl`.
+    TokenPost,
+}
+
+impl Flow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flow::Invoke => "invoke",
+            Flow::TokenPost => "token_post",
+        }
+    }
+}
+
+/// `sso.oauth2.grant`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    /// RFC 8693 token exchange.
+    TokenExchange,
+    /// Microsoft Entra ID's on-behalf-of flow.
+    OnBehalfOf,
 }
 
 /// Server-side sign-in: which provider supplies user tokens and how they
@@ -312,12 +378,11 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SsoConfig {
-    /// `none`, `static`, `http`, `header` or `oauth2`.
-    pub provider: String,
+    pub provider: ProviderKind,
     /// Upper bound on one card's decision; then the card goes out unchanged.
     pub timeout_ms: u64,
-    /// Enabled flows in order of preference: `invoke`, `token_post`.
-    pub flows: Vec<String>,
+    /// Enabled flows in order of preference.
+    pub flows: Vec<Flow>,
     /// Hosts a `sasUrl` may point at: exact names, or `*.` for subdomains.
     pub token_post_allow_hosts: Vec<String>,
     /// Base64 AES-256 keys sealing the conversation token into `streamUrl`;
@@ -366,8 +431,7 @@ pub struct HeaderProviderConfig {
 pub struct OAuth2ProviderConfig {
     /// The OAuth 2.0 token endpoint.
     pub token_url: String,
-    /// `token_exchange` (RFC 8693) or `on_behalf_of` (Microsoft Entra ID).
-    pub grant: String,
+    pub grant: Grant,
     pub client_id: String,
     /// Environment variable holding the client secret.
     pub client_secret_env: Option<String>,
@@ -392,16 +456,12 @@ fn default_token_header() -> String {
     "x-forwarded-access-token".into()
 }
 
-pub const SSO_PROVIDERS: [&str; 5] = ["none", "static", "http", "header", "oauth2"];
-pub const SSO_FLOWS: [&str; 2] = ["invoke", "token_post"];
-pub const OAUTH2_GRANTS: [&str; 2] = ["token_exchange", "on_behalf_of"];
-
 impl Default for SsoConfig {
     fn default() -> Self {
         SsoConfig {
-            provider: "none".into(),
+            provider: ProviderKind::None,
             timeout_ms: 3_000,
-            flows: SSO_FLOWS.iter().map(|f| f.to_string()).collect(),
+            flows: vec![Flow::Invoke, Flow::TokenPost],
             token_post_allow_hosts: vec![
                 "token.botframework.com".into(),
                 "*.token.botframework.com".into(),
@@ -421,13 +481,6 @@ impl Default for SsoConfig {
 
 impl SsoConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        if !SSO_PROVIDERS.contains(&self.provider.as_str()) {
-            return Err(ConfigError::invalid(
-                "sso.provider",
-                &self.provider,
-                format!("expected one of {}", SSO_PROVIDERS.join(", ")),
-            ));
-        }
         check_range("sso.timeout_ms", self.timeout_ms, 1, 600_000)?;
         check_range(
             "sso.decision_ttl_secs",
@@ -458,15 +511,6 @@ impl SsoConfig {
                 "expected at least one of \"invoke\", \"token_post\"",
             ));
         }
-        for flow in &self.flows {
-            if !SSO_FLOWS.contains(&flow.as_str()) {
-                return Err(ConfigError::invalid(
-                    "sso.flows",
-                    flow,
-                    "expected \"invoke\" or \"token_post\"",
-                ));
-            }
-        }
         Ok(())
     }
 
@@ -480,12 +524,12 @@ impl SsoConfig {
     }
 
     fn validate_provider_section(&self) -> Result<(), ConfigError> {
-        match self.provider.as_str() {
-            "static" => match &self.static_token {
+        match self.provider {
+            ProviderKind::Static => match &self.static_token {
                 Some(s) if !s.token.is_empty() => Ok(()),
                 _ => Err(missing_section("sso.static.token", "a non-empty token")),
             },
-            "http" => {
+            ProviderKind::Http => {
                 let http = self
                     .http
                     .as_ref()
@@ -493,15 +537,15 @@ impl SsoConfig {
                 parse_base_url_with_query("sso.http.url", &http.url)?;
                 validate_header_names("sso.http.forward_headers", &http.forward_headers)
             }
-            "header" => {
+            ProviderKind::Header => {
                 let name = self
                     .header
                     .as_ref()
                     .map_or_else(default_token_header, |h| h.name.clone());
                 validate_header_names("sso.header.name", &[name])
             }
-            "oauth2" => self.validate_oauth2(),
-            _ => Ok(()),
+            ProviderKind::Oauth2 => self.validate_oauth2(),
+            ProviderKind::None => Ok(()),
         }
     }
 
@@ -510,13 +554,6 @@ impl SsoConfig {
             missing_section("sso.oauth2.token_url", "the OAuth 2.0 token endpoint URL")
         })?;
         parse_base_url_with_query("sso.oauth2.token_url", &oauth2.token_url)?;
-        if !OAUTH2_GRANTS.contains(&oauth2.grant.as_str()) {
-            return Err(ConfigError::invalid(
-                "sso.oauth2.grant",
-                &oauth2.grant,
-                "expected \"token_exchange\" (RFC 8693) or \"on_behalf_of\" (Microsoft Entra ID)",
-            ));
-        }
         if oauth2.client_id.is_empty() {
             return Err(ConfigError::invalid(
                 "sso.oauth2.client_id",
@@ -553,13 +590,16 @@ impl SsoConfig {
     }
 
     pub fn enabled(&self) -> bool {
-        self.provider != "none"
+        self.provider != ProviderKind::None
     }
 
     /// Whether the provider reads the user's request (cookies, headers):
     /// then a foreign page must not be able to make that request.
     pub fn reads_user_request(&self) -> bool {
-        matches!(self.provider.as_str(), "http" | "header" | "oauth2")
+        matches!(
+            self.provider,
+            ProviderKind::Http | ProviderKind::Header | ProviderKind::Oauth2
+        )
     }
 
     pub fn timeout(&self) -> Duration {
@@ -672,14 +712,6 @@ impl Default for LimitsConfig {
     }
 }
 
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            format: "text".into(),
-        }
-    }
-}
-
 impl Config {
     /// Reads `path`, applies overrides from the process environment and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -724,7 +756,6 @@ impl Config {
         self.upstream.validate()?;
         self.websocket.validate()?;
         self.limits.validate()?;
-        self.log.validate()?;
         self.directline.validate()?;
         self.reload.validate()?;
         self.admin.validate()?;
@@ -735,7 +766,7 @@ impl Config {
                 "[]",
                 format!(
                     "required with sso.provider = {:?}, which reads the user's request: list the exact origins of the pages that embed the chat, e.g. [\"https://www.contoso.com\"], so that no other page can spend the user's credentials",
-                    self.sso.provider
+                    self.sso.provider.name()
                 ),
             ));
         }
@@ -761,7 +792,7 @@ impl Config {
         if self.directline.allow_client_user_id {
             warnings.push("directline.allow_client_user_id = true: clients choose the user id of the tokens the proxy mints, so a client can speak as any user id it knows (unsafe)".to_string());
         }
-        if self.sso.provider == "static" {
+        if self.sso.provider == ProviderKind::Static {
             warnings.push(
                 "sso.provider = \"static\": every user gets the same token; development only"
                     .to_string(),
@@ -983,19 +1014,8 @@ impl LimitsConfig {
 }
 
 impl LogConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        match self.format.as_str() {
-            "text" | "json" => Ok(()),
-            other => Err(ConfigError::invalid(
-                "log.format",
-                other,
-                "expected \"text\" or \"json\"",
-            )),
-        }
-    }
-
     pub fn json(&self) -> bool {
-        self.format == "json"
+        self.format == LogFormat::Json
     }
 }
 
@@ -1255,10 +1275,37 @@ mod tests {
     fn sso_provider_must_be_known() {
         let err = error_text("[sso]\nprovider = \"magic\"\n");
         assert!(
-            err.contains("sso.provider") && err.contains("\"magic\""),
+            err.contains("sso.provider") && err.contains("`magic`"),
             "{err}"
         );
         assert!(err.contains("oauth2"), "{err}");
+    }
+
+    #[test]
+    fn unknown_names_are_refused_when_parsed_naming_the_key() {
+        for (toml, key, bad) in [
+            (
+                "[sso]\nflows = [\"invoke\", \"teleport\"]\n",
+                "sso.flows",
+                "teleport",
+            ),
+            ("[log]\nformat = \"yaml\"\n", "log.format", "yaml"),
+            (
+                "[sso.oauth2]\ntoken_url = \"https://a\"\ngrant = \"password\"\nclient_id = \"c\"\n",
+                "sso.oauth2.grant",
+                "password",
+            ),
+        ] {
+            let err = error_text(toml);
+            assert!(
+                err.contains(key) && err.contains(&format!("`{bad}`")),
+                "{err}"
+            );
+        }
+        let err = parse_env("", &[("DLPROXY_SSO__PROVIDER", "magic")])
+            .expect_err("an unknown provider from the environment")
+            .to_string();
+        assert!(err.contains("magic") && err.contains("oauth2"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use thiserror::Error;
 
-use crate::config::{Config, StaticProviderConfig};
+use crate::config::{Config, ProviderKind, StaticProviderConfig};
 use crate::emulator::{Emulator, EmulatorConfig, EmulatorError};
 use crate::{StartError, start};
 
@@ -28,7 +28,7 @@ pub fn config(listen: SocketAddr, emulator: &Emulator, sso: bool) -> Config {
     config.listen.addr = listen.to_string();
     config.upstream.url = emulator.base_url();
     if sso {
-        config.sso.provider = "static".into();
+        config.sso.provider = ProviderKind::Static;
         config.sso.static_token = Some(StaticProviderConfig {
             token: DEMO_USER_TOKEN.into(),
         });

@@ -216,7 +216,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         admin_addr = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         tls = shared.tls,
         upstream = %shared.upstream.base(),
-        sso = shared.config.sso.provider.as_str(),
+        sso = shared.config.sso.provider.name(),
         "proxy listening"
     );
     Ok(RunningProxy {

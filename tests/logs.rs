@@ -20,7 +20,7 @@ use common::process::ProxyProcess;
 use common::{
     Conversation, EmulatorConfig, Http, Stack, activities_until, ws_connect, ws_connect_with_header,
 };
-use directline_proxy::config::StaticProviderConfig;
+use directline_proxy::config::{ProviderKind, StaticProviderConfig};
 use directline_proxy::emulator::Emulator;
 
 const USER_TOKEN: &str = "user-token-that-must-not-leak";
@@ -76,7 +76,7 @@ async fn logs_of_a_full_conversation_contain_no_token_or_secret() {
         ..Default::default()
     };
     let stack = Stack::start_with(emulator, |c| {
-        c.sso.provider = "static".into();
+        c.sso.provider = ProviderKind::Static;
         c.sso.static_token = Some(StaticProviderConfig {
             token: USER_TOKEN.into(),
         });

@@ -20,28 +20,9 @@ const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Flow {
-    Invoke,
-    TokenPost,
-}
+pub use crate::config::Flow;
 
 impl Flow {
-    pub fn parse(name: &str) -> Option<Flow> {
-        match name {
-            "invoke" => Some(Flow::Invoke),
-            "token_post" => Some(Flow::TokenPost),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Flow::Invoke => "invoke",
-            Flow::TokenPost => "token_post",
-        }
-    }
-
     /// Whether the card offers what this flow needs.
     pub fn fits(self, card: &OAuthCard) -> bool {
         match self {

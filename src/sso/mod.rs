@@ -111,7 +111,7 @@ impl Sso {
             return Ok(None);
         };
         Ok(Some(Sso {
-            flows: config.flows.iter().filter_map(|f| Flow::parse(f)).collect(),
+            flows: config.flows.clone(),
             allow: AllowList::new(&config.token_post_allow_hosts),
             decisions,
             sealer: Sealer::new(&config.seal_keys, SEAL_LIFETIME)?,

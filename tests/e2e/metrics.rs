@@ -1,7 +1,7 @@
 //! `GET /metrics` counts what happened, with bounded labels.
 
 use bytes::Bytes;
-use directline_proxy::config::StaticProviderConfig;
+use directline_proxy::config::{ProviderKind, StaticProviderConfig};
 use directline_proxy::emulator::SIGNED_IN;
 use http::{Method, StatusCode};
 use serde_json::Value;
@@ -19,7 +19,7 @@ fn value(text: &str, series: &str) -> f64 {
 #[tokio::test]
 async fn metrics_count_connections_frames_upstream_calls_and_sso_decisions() {
     let stack = Stack::start_with(quiet_emulator(), |c| {
-        c.sso.provider = "static".into();
+        c.sso.provider = ProviderKind::Static;
         c.sso.static_token = Some(StaticProviderConfig {
             token: "demo-user-token".into(),
         });

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use directline_proxy::config::Config;
+use directline_proxy::config::{Config, ProviderKind};
 use directline_proxy::emulator::{Emulator, OAUTH_CARD};
 use http::StatusCode;
 use rustls_pki_types::CertificateDer;
@@ -106,7 +106,7 @@ async fn turning_tls_on_needs_a_restart_and_is_refused() {
     let error = stack.proxy.reload(config).expect_err("refused");
     assert!(error.to_string().contains("restart"), "{error}");
     let mut broken = crate::common::proxy_config(&stack.emulator.base_url());
-    broken.sso.provider = "static".into();
+    broken.sso.provider = ProviderKind::Static;
     assert!(
         stack.proxy.reload(broken).is_err(),
         "static without a token is invalid"

@@ -6,7 +6,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use directline_proxy::config::{
-    Config, HeaderProviderConfig, HttpProviderConfig, OAuth2ProviderConfig, StaticProviderConfig,
+    Config, Flow, Grant, HeaderProviderConfig, HttpProviderConfig, OAuth2ProviderConfig,
+    ProviderKind, StaticProviderConfig,
 };
 use directline_proxy::emulator::{EXCHANGE_URI, OAUTH_CARD, PROVIDER_ID, SIGNED_IN};
 use directline_proxy::sso::seal::{Sealer, StreamContext};
@@ -35,7 +36,7 @@ pub fn allow_emulator_token_post(config: &mut Config) {
 }
 
 pub fn static_provider(config: &mut Config, token: &str) {
-    config.sso.provider = "static".into();
+    config.sso.provider = ProviderKind::Static;
     config.sso.static_token = Some(StaticProviderConfig {
         token: token.into(),
     });
@@ -44,7 +45,7 @@ pub fn static_provider(config: &mut Config, token: &str) {
 
 /// A provider that reads the user's request needs the page's origin listed.
 pub fn http_provider(config: &mut Config, url: String) {
-    config.sso.provider = "http".into();
+    config.sso.provider = ProviderKind::Http;
     config.sso.http = Some(HttpProviderConfig {
         url,
         forward_headers: vec!["cookie".into()],
@@ -234,7 +235,7 @@ async fn invoke_flow_on_the_polling_path() {
 async fn token_post_flow_on_the_polling_path() {
     let stack = sso_stack(|c| {
         static_provider(c, USER_TOKEN);
-        c.sso.flows = vec!["token_post".into()];
+        c.sso.flows = vec![Flow::TokenPost];
     })
     .await;
     let conv = stack.start_conversation().await;
@@ -620,7 +621,7 @@ async fn a_sas_url_on_a_host_not_allowed_is_never_posted_to() {
     let stack = sso_stack(|c| {
         static_provider(c, USER_TOKEN);
         c.sso.token_post_allow_hosts = vec!["token.botframework.com".into()];
-        c.sso.flows = vec!["token_post".into()];
+        c.sso.flows = vec![Flow::TokenPost];
     })
     .await;
     let conv = stack.start_conversation().await;
@@ -667,7 +668,7 @@ async fn a_conversation_started_on_one_replica_gets_sso_on_another() {
 #[tokio::test]
 async fn header_provider_takes_the_token_from_the_users_request() {
     let stack = sso_stack(|c| {
-        c.sso.provider = "header".into();
+        c.sso.provider = ProviderKind::Header;
         c.sso.header = Some(HeaderProviderConfig {
             name: "x-forwarded-access-token".into(),
         });
@@ -693,12 +694,11 @@ async fn header_provider_takes_the_token_from_the_users_request() {
     stack.shutdown().await;
 }
 
-async fn oauth2_stack(grant: &str, token_endpoint: &Endpoint, secret_var: &str) -> Stack {
+async fn oauth2_stack(grant: Grant, token_endpoint: &Endpoint, secret_var: &str) -> Stack {
     let secret_file = crate::common::scratch_file(secret_var, "client-secret-value\n");
     let url = token_endpoint.url("/oauth2/token");
-    let grant = grant.to_string();
     sso_stack(move |c| {
-        c.sso.provider = "oauth2".into();
+        c.sso.provider = ProviderKind::Oauth2;
         c.sso.oauth2 = Some(OAuth2ProviderConfig {
             token_url: url,
             grant,
@@ -736,7 +736,7 @@ fn token_answer(_: &crate::common::endpoint::Seen) -> (StatusCode, String) {
 #[tokio::test]
 async fn oauth2_token_exchange_sends_an_rfc_8693_request_and_caches_the_result() {
     let endpoint = Endpoint::start(Duration::ZERO, token_answer).await;
-    let stack = oauth2_stack("token_exchange", &endpoint, "TEST_DL_RFC8693_SECRET").await;
+    let stack = oauth2_stack(Grant::TokenExchange, &endpoint, "TEST_DL_RFC8693_SECRET").await;
     sign_in_with_incoming_token(&stack, "incoming-user-token", 2).await;
     let seen = endpoint.seen();
     assert_eq!(
@@ -778,7 +778,7 @@ async fn oauth2_token_exchange_sends_an_rfc_8693_request_and_caches_the_result()
 #[tokio::test]
 async fn oauth2_on_behalf_of_sends_the_entra_request_shape() {
     let endpoint = Endpoint::start(Duration::ZERO, token_answer).await;
-    let stack = oauth2_stack("on_behalf_of", &endpoint, "TEST_DL_OBO_SECRET").await;
+    let stack = oauth2_stack(Grant::OnBehalfOf, &endpoint, "TEST_DL_OBO_SECRET").await;
     sign_in_with_incoming_token(&stack, "Bearer incoming-jwt", 1).await;
     let request = &endpoint.seen()[0];
     assert_eq!(
@@ -813,7 +813,7 @@ async fn oauth2_on_behalf_of_sends_the_entra_request_shape() {
 async fn oauth2_invalid_grant_keeps_the_card() {
     let endpoint =
         Endpoint::answering(StatusCode::BAD_REQUEST, r#"{"error":"invalid_grant"}"#).await;
-    let stack = oauth2_stack("on_behalf_of", &endpoint, "TEST_DL_OBO_FAIL_SECRET").await;
+    let stack = oauth2_stack(Grant::OnBehalfOf, &endpoint, "TEST_DL_OBO_FAIL_SECRET").await;
     let conv = stack.start_conversation().await;
     let mut ws =
         ws_connect_with_header(&conv.stream_url, "x-forwarded-access-token", "expired").await;
@@ -912,7 +912,7 @@ async fn a_card_the_user_posts_is_never_acted_on() {
 #[tokio::test]
 async fn the_users_credentials_for_the_proxy_never_reach_direct_line() {
     let stack = sso_stack(|c| {
-        c.sso.provider = "header".into();
+        c.sso.provider = ProviderKind::Header;
         c.sso.header = Some(HeaderProviderConfig {
             name: "x-forwarded-access-token".into(),
         });

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use directline_proxy::config::{Config, HttpProviderConfig, OAuth2ProviderConfig};
+use directline_proxy::config::{
+    Config, Flow, Grant, HttpProviderConfig, OAuth2ProviderConfig, ProviderKind,
+};
 use directline_proxy::emulator::{EXCHANGE_URI, OAUTH_CARD, SIGNED_IN};
 use futures_util::SinkExt;
 use http::{Method, StatusCode};
@@ -51,7 +53,7 @@ async fn auth_api() -> Endpoint {
 /// `provider = "http"` with the session cookie, the page's origin listed,
 /// the Direct Line secret held by the proxy and shared seal keys.
 fn cookie_sso(config: &mut Config, auth_url: String) {
-    config.sso.provider = "http".into();
+    config.sso.provider = ProviderKind::Http;
     config.sso.http = Some(HttpProviderConfig {
         url: auth_url,
         forward_headers: vec!["cookie".into()],
@@ -480,10 +482,10 @@ async fn a_forged_card_cannot_choose_the_audience_of_an_oauth2_exchange() {
     let secret = crate::common::scratch_file("trust-oauth2-secret", "client-secret\n");
     let url = token_endpoint.url("/token");
     let stack = trust_stack(|c| {
-        c.sso.provider = "oauth2".into();
+        c.sso.provider = ProviderKind::Oauth2;
         c.sso.oauth2 = Some(OAuth2ProviderConfig {
             token_url: url,
-            grant: "on_behalf_of".into(),
+            grant: Grant::OnBehalfOf,
             client_id: "proxy-client".into(),
             client_secret_env: None,
             client_secret_file: Some(secret),
@@ -532,7 +534,7 @@ async fn a_card_with_a_huge_id_is_not_decided() {
     let provider = auth_api().await;
     let stack = trust_stack(|c| {
         cookie_sso(c, provider.url("/bot-token"));
-        c.sso.flows = vec!["invoke".into()];
+        c.sso.flows = vec![Flow::Invoke];
     })
     .await;
     let attacker = stack.start_conversation_as(&[]).await;
@@ -565,7 +567,7 @@ async fn many_cards_in_one_set_start_only_a_few_decisions() {
     let provider = auth_api().await;
     let stack = trust_stack(|c| {
         cookie_sso(c, provider.url("/bot-token"));
-        c.sso.flows = vec!["invoke".into()];
+        c.sso.flows = vec![Flow::Invoke];
     })
     .await;
     let conv = stack
@@ -605,7 +607,7 @@ async fn a_conversation_runs_only_a_few_decisions_at_once_across_its_polls() {
         Endpoint::gated(|_| (StatusCode::OK, json!({"token": VICTIM_TOKEN}).to_string())).await;
     let stack = trust_stack(|c| {
         cookie_sso(c, provider.url("/held"));
-        c.sso.flows = vec!["invoke".into()];
+        c.sso.flows = vec![Flow::Invoke];
         c.sso.timeout_ms = 60_000;
         // The conversation is started with the secret below: unbound, so
         // its user can post card-shaped activities.
@@ -788,7 +790,7 @@ async fn a_token_post_goes_nowhere_but_the_allowed_port_and_path() {
     let internal = Endpoint::answering(StatusCode::OK, "{}").await;
     let stack = Stack::start_with(quiet_emulator(), |c| {
         static_provider(c, "demo-user-token");
-        c.sso.flows = vec!["token_post".into()];
+        c.sso.flows = vec![Flow::TokenPost];
     })
     .await;
     let conv = stack.start_conversation().await;

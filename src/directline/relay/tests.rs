@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::config::{SsoConfig, StaticProviderConfig, UpstreamConfig};
+use crate::config::{ProviderKind, SsoConfig, StaticProviderConfig, UpstreamConfig};
 use crate::directline::activity::OAUTH_CARD;
 use crate::metrics::Metrics;
 use crate::sso::decisions::{self, Begin, Decisions};
@@ -40,7 +40,7 @@ fn sso_inspector() -> Inspector {
     let sso = SSO.get_or_init(|| {
         let metrics = Arc::new(Metrics::new());
         let config = SsoConfig {
-            provider: "static".into(),
+            provider: ProviderKind::Static,
             static_token: Some(StaticProviderConfig {
                 token: "user-token".into(),
             }),

@@ -7,7 +7,7 @@ mod oauth2;
 use ::http::{HeaderMap, HeaderName};
 use thiserror::Error;
 
-use crate::config::SsoConfig;
+use crate::config::{ProviderKind, SsoConfig};
 use crate::upstream::HttpClient;
 
 pub use self::header::{bearer_value, single_value};
@@ -42,7 +42,7 @@ pub enum ProviderSetupError {
         message: String,
     },
     #[error("sso.provider {0:?} is missing its section")]
-    MissingSection(String),
+    MissingSection(&'static str),
     #[error("{0} is invalid")]
     Invalid(&'static str),
 }
@@ -60,22 +60,22 @@ impl Provider {
         config: &SsoConfig,
         client: HttpClient,
     ) -> Result<Option<Provider>, ProviderSetupError> {
-        let missing = || ProviderSetupError::MissingSection(config.provider.clone());
-        let provider = match config.provider.as_str() {
-            "static" => {
+        let missing = || ProviderSetupError::MissingSection(config.provider.name());
+        let provider = match config.provider {
+            ProviderKind::None => return Ok(None),
+            ProviderKind::Static => {
                 let token = config.static_token.as_ref().ok_or_else(missing)?;
                 Provider::Static(token.token.clone())
             }
-            "http" => {
+            ProviderKind::Http => {
                 let http = config.http.as_ref().ok_or_else(missing)?;
                 Provider::Http(http::HttpProvider::new(http, client)?)
             }
-            "header" => Provider::Header(header::header_name(config.header.as_ref())?),
-            "oauth2" => {
+            ProviderKind::Header => Provider::Header(header::header_name(config.header.as_ref())?),
+            ProviderKind::Oauth2 => {
                 let oauth2 = config.oauth2.as_ref().ok_or_else(missing)?;
                 Provider::OAuth2(oauth2::OAuth2Provider::new(oauth2, client)?)
             }
-            _ => return Ok(None),
         };
         Ok(Some(provider))
     }

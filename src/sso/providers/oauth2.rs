@@ -18,7 +18,7 @@ use serde::Deserialize;
 use super::header::token_from;
 use super::{ProviderError, ProviderSetupError, TokenRequest};
 use crate::body::full;
-use crate::config::OAuth2ProviderConfig;
+use crate::config::{Grant, OAuth2ProviderConfig};
 use crate::upstream::HttpClient;
 
 pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -28,12 +28,6 @@ pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_tok
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 const MAX_ANSWER_BYTES: usize = 256 * 1024;
 const CACHE_CAPACITY: usize = 10_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Grant {
-    TokenExchange,
-    OnBehalfOf,
-}
 
 pub struct OAuth2Provider {
     token_url: Uri,
@@ -86,10 +80,7 @@ impl OAuth2Provider {
                 .token_url
                 .parse()
                 .map_err(|_| ProviderSetupError::Invalid("sso.oauth2.token_url"))?,
-            grant: match config.grant.as_str() {
-                "on_behalf_of" => Grant::OnBehalfOf,
-                _ => Grant::TokenExchange,
-            },
+            grant: config.grant,
             client_id: config.client_id.clone(),
             client_secret,
             header: HeaderName::from_bytes(config.header.as_bytes())
