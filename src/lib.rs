@@ -9,6 +9,7 @@ pub mod demo;
 pub mod directline;
 pub mod emulator;
 pub mod forward;
+pub mod header_values;
 pub mod idle;
 pub mod logging;
 pub mod metrics;

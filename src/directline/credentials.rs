@@ -24,8 +24,8 @@ use super::route::Route;
 use crate::body::{BoxError, ProxyBody, directline_error, full};
 use crate::config::DirectLineConfig;
 use crate::forward::ClientInfo;
+use crate::header_values::{bearer_value, single_value};
 use crate::quota::{KeyedRate, client_key, too_many_requests};
-use crate::sso::providers::{bearer_value, single_value};
 use crate::upstream::Upstream;
 
 /// A mint request body larger than this is not a Direct Line token request.

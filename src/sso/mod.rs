@@ -35,7 +35,7 @@ use decisions::{Begin, Decisions};
 use flows::{ExchangeError, Flow, InvokeTarget};
 use limits::{InFlight, SetBudget};
 use outcome::Outcome;
-use providers::{Provider, ProviderError, ProviderSetupError, TokenRequest};
+use providers::{ProviderError, ProviderSetupError, TokenProvider, TokenRequest};
 use seal::{KeyId, Opened, Owner, SealError, Sealer, StreamContext};
 
 /// How long a sealed stream context stays valid: the client must open the
@@ -83,7 +83,7 @@ pub enum Requester {
 }
 
 pub struct Sso {
-    provider: Provider,
+    provider: Box<dyn TokenProvider>,
     flows: Vec<Flow>,
     allow: AllowList,
     /// Shared across reloads: what was decided stays decided.
@@ -107,7 +107,7 @@ impl Sso {
         metrics: Arc<Metrics>,
         decisions: Arc<Decisions>,
     ) -> Result<Option<Sso>, SsoSetupError> {
-        let Some(provider) = Provider::from_config(config, upstream.client())? else {
+        let Some(provider) = providers::build(config, upstream.client())? else {
             return Ok(None);
         };
         Ok(Some(Sso {
@@ -128,13 +128,13 @@ impl Sso {
 
     /// The user-request headers the provider reads.
     pub fn header_names(&self) -> Vec<http::HeaderName> {
-        self.provider.header_names()
+        self.provider.consumed_headers()
     }
 
     /// Only the headers the provider reads are kept from a user's request.
     pub fn capture_headers(&self, headers: &HeaderMap) -> HeaderMap {
         let mut kept = HeaderMap::new();
-        for name in self.provider.header_names() {
+        for name in self.provider.consumed_headers() {
             for value in headers.get_all(&name) {
                 kept.append(name.clone(), value.clone());
             }
@@ -209,7 +209,7 @@ impl Sso {
         let token = request_headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(providers::bearer_value)
+            .and_then(crate::header_values::bearer_value)
             .map(str::to_string);
         Access {
             conversation_id: conversation_id.to_string(),

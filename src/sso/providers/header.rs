@@ -1,17 +1,43 @@
 //! `header`: an ingress auth proxy (e.g. oauth2-proxy) already put the
 //! user's token in a request header.
 
+use futures_util::future::{self, BoxFuture};
 use http::{HeaderMap, HeaderName};
 
-use super::{ProviderError, ProviderSetupError};
+use super::{ProviderError, ProviderSetupError, TokenProvider, TokenRequest};
 use crate::config::HeaderProviderConfig;
+use crate::header_values::{bearer_value, single_value};
 
-pub fn header_name(
-    config: Option<&HeaderProviderConfig>,
-) -> Result<HeaderName, ProviderSetupError> {
-    let name = config.map_or("x-forwarded-access-token", |c| c.name.as_str());
-    HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| ProviderSetupError::Invalid("sso.header.name"))
+pub struct HeaderProvider {
+    name: HeaderName,
+}
+
+impl HeaderProvider {
+    pub fn new(
+        config: Option<&HeaderProviderConfig>,
+    ) -> Result<HeaderProvider, ProviderSetupError> {
+        let name = config.map_or("x-forwarded-access-token", |c| c.name.as_str());
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| ProviderSetupError::Invalid("sso.header.name"))?;
+        Ok(HeaderProvider { name })
+    }
+}
+
+impl TokenProvider for HeaderProvider {
+    fn name(&self) -> &'static str {
+        "header"
+    }
+
+    fn consumed_headers(&self) -> Vec<HeaderName> {
+        vec![self.name.clone()]
+    }
+
+    fn token<'a>(
+        &'a self,
+        request: &'a TokenRequest<'a>,
+    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+        Box::pin(future::ready(token_from(request.user_headers, &self.name)))
+    }
 }
 
 /// The token in the one `name` header of the user's request. A repeated
@@ -26,39 +52,10 @@ pub fn token_from(headers: &HeaderMap, name: &HeaderName) -> Result<String, Prov
         })
 }
 
-/// The value of a header that appears exactly once, as text.
-pub fn single_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
-    let mut values = headers.get_all(name).iter();
-    match (values.next(), values.next()) {
-        (Some(value), None) => value.to_str().ok(),
-        _ => None,
-    }
-}
-
-/// The token of a header value, with an optional `Bearer ` prefix removed.
-pub fn bearer_value(value: &str) -> Option<&str> {
-    let value = value.trim();
-    let token = match value.split_once(char::is_whitespace) {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-        None if value.eq_ignore_ascii_case("bearer") => "",
-        _ => value,
-    };
-    (!token.is_empty()).then_some(token)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
-
-    #[test]
-    fn bearer_prefix_is_optional_and_case_insensitive() {
-        assert_eq!(bearer_value("Bearer abc"), Some("abc"));
-        assert_eq!(bearer_value("bearer  abc "), Some("abc"));
-        assert_eq!(bearer_value("abc"), Some("abc"));
-        assert_eq!(bearer_value("Bearer "), None);
-        assert_eq!(bearer_value(""), None);
-    }
 
     #[test]
     fn missing_header_is_no_token() {

@@ -3,11 +3,12 @@
 //! (typically the session cookie); 200 `{"token": "..."}` is a token.
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 
-use super::{ProviderError, ProviderSetupError, TokenRequest};
+use super::{ProviderError, ProviderSetupError, TokenProvider, TokenRequest};
 use crate::body::full;
 use crate::config::HttpProviderConfig;
 use crate::upstream::HttpClient;
@@ -19,6 +20,23 @@ pub struct HttpProvider {
     url: Uri,
     forward_headers: Vec<HeaderName>,
     client: HttpClient,
+}
+
+impl TokenProvider for HttpProvider {
+    fn name(&self) -> &'static str {
+        "http"
+    }
+
+    fn consumed_headers(&self) -> Vec<HeaderName> {
+        self.forward_headers.clone()
+    }
+
+    fn token<'a>(
+        &'a self,
+        request: &'a TokenRequest<'a>,
+    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+        Box::pin(self.call(request))
+    }
 }
 
 #[derive(Deserialize)]
@@ -46,11 +64,7 @@ impl HttpProvider {
         })
     }
 
-    pub fn forward_headers(&self) -> &[HeaderName] {
-        &self.forward_headers
-    }
-
-    pub async fn token(&self, request: &TokenRequest<'_>) -> Result<String, ProviderError> {
+    async fn call(&self, request: &TokenRequest<'_>) -> Result<String, ProviderError> {
         let body = serde_json::json!({
             "conversationId": request.conversation_id,
             "userId": request.user_id,

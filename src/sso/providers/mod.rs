@@ -5,12 +5,11 @@ mod http;
 mod oauth2;
 
 use ::http::{HeaderMap, HeaderName};
+use futures_util::future::{self, BoxFuture};
 use thiserror::Error;
 
 use crate::config::{ProviderKind, SsoConfig};
 use crate::upstream::HttpClient;
-
-pub use self::header::{bearer_value, single_value};
 
 /// What the provider is asked for: the token of this conversation's user,
 /// for this card.
@@ -47,75 +46,69 @@ pub enum ProviderSetupError {
     Invalid(&'static str),
 }
 
-pub enum Provider {
-    Static(String),
-    Http(http::HttpProvider),
-    Header(HeaderName),
-    OAuth2(oauth2::OAuth2Provider),
-}
+/// A source of user tokens (`sso.provider`). Adding one takes a file with
+/// its implementation and one line in [`build`].
+pub trait TokenProvider: Send + Sync {
+    /// The `sso.provider` value, for logs and metrics.
+    fn name(&self) -> &'static str;
 
-impl Provider {
-    /// `None` when SSO is off (`provider = "none"`).
-    pub fn from_config(
-        config: &SsoConfig,
-        client: HttpClient,
-    ) -> Result<Option<Provider>, ProviderSetupError> {
-        let missing = || ProviderSetupError::MissingSection(config.provider.name());
-        let provider = match config.provider {
-            ProviderKind::None => return Ok(None),
-            ProviderKind::Static => {
-                let token = config.static_token.as_ref().ok_or_else(missing)?;
-                Provider::Static(token.token.clone())
-            }
-            ProviderKind::Http => {
-                let http = config.http.as_ref().ok_or_else(missing)?;
-                Provider::Http(http::HttpProvider::new(http, client)?)
-            }
-            ProviderKind::Header => Provider::Header(header::header_name(config.header.as_ref())?),
-            ProviderKind::Oauth2 => {
-                let oauth2 = config.oauth2.as_ref().ok_or_else(missing)?;
-                Provider::OAuth2(oauth2::OAuth2Provider::new(oauth2, client)?)
-            }
-        };
-        Ok(Some(provider))
-    }
-
-    /// The end-user headers this provider reads; only these are kept from
-    /// the user's request.
-    pub fn header_names(&self) -> Vec<HeaderName> {
-        match self {
-            Provider::Static(_) => Vec::new(),
-            Provider::Http(http) => http.forward_headers().to_vec(),
-            Provider::Header(name) => vec![name.clone()],
-            Provider::OAuth2(oauth2) => vec![oauth2.header().clone()],
-        }
-    }
+    /// The end-user request headers this provider reads: only these are
+    /// kept from the user's request, and none of them reaches Direct Line.
+    fn consumed_headers(&self) -> Vec<HeaderName>;
 
     /// Whether the provider may be asked for a token for this resource
-    /// (`tokenExchangeResource.uri`): only `oauth2` mints tokens for an
-    /// audience, and only for `sso.oauth2.allowed_resources`.
-    pub fn allows_resource(&self, resource: Option<&str>) -> bool {
-        match self {
-            Provider::OAuth2(oauth2) => oauth2.allows_resource(resource),
-            Provider::Static(_) | Provider::Http(_) | Provider::Header(_) => true,
-        }
+    /// (`tokenExchangeResource.uri`).
+    fn allows_resource(&self, _resource: Option<&str>) -> bool {
+        true
     }
 
-    pub fn name(&self) -> &'static str {
-        match self {
-            Provider::Static(_) => "static",
-            Provider::Http(_) => "http",
-            Provider::Header(_) => "header",
-            Provider::OAuth2(_) => "oauth2",
-        }
+    fn token<'a>(
+        &'a self,
+        request: &'a TokenRequest<'a>,
+    ) -> BoxFuture<'a, Result<String, ProviderError>>;
+}
+
+/// `static`: the same token for everyone (development only).
+struct StaticProvider(String);
+
+impl TokenProvider for StaticProvider {
+    fn name(&self) -> &'static str {
+        "static"
     }
 
-    pub async fn token(&self, request: &TokenRequest<'_>) -> Result<String, ProviderError> {
-        match self {
-            Provider::Static(token) => Ok(token.clone()),
-            Provider::Http(http) => http.token(request).await,
-            Provider::Header(name) => header::token_from(request.user_headers, name),
-            Provider::OAuth2(oauth2) => oauth2.token(request).await,
-        }
+    fn consumed_headers(&self) -> Vec<HeaderName> {
+        Vec::new()
     }
+
+    fn token<'a>(
+        &'a self,
+        _request: &'a TokenRequest<'a>,
+    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+        Box::pin(future::ready(Ok(self.0.clone())))
+    }
+}
+
+/// The configured provider; `None` when SSO is off (`provider = "none"`).
+pub fn build(
+    config: &SsoConfig,
+    client: HttpClient,
+) -> Result<Option<Box<dyn TokenProvider>>, ProviderSetupError> {
+    let missing = || ProviderSetupError::MissingSection(config.provider.name());
+    let provider: Box<dyn TokenProvider> = match config.provider {
+        ProviderKind::None => return Ok(None),
+        ProviderKind::Static => {
+            let token = config.static_token.as_ref().ok_or_else(missing)?;
+            Box::new(StaticProvider(token.token.clone()))
+        }
+        ProviderKind::Http => Box::new(http::HttpProvider::new(
+            config.http.as_ref().ok_or_else(missing)?,
+            client,
+        )?),
+        ProviderKind::Header => Box::new(header::HeaderProvider::new(config.header.as_ref())?),
+        ProviderKind::Oauth2 => Box::new(oauth2::OAuth2Provider::new(
+            config.oauth2.as_ref().ok_or_else(missing)?,
+            client,
+        )?),
+    };
+    Ok(Some(provider))
 }

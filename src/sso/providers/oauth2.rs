@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 
 use super::header::token_from;
-use super::{ProviderError, ProviderSetupError, TokenRequest};
+use super::{ProviderError, ProviderSetupError, TokenProvider, TokenRequest};
 use crate::body::full;
 use crate::config::{Grant, OAuth2ProviderConfig};
 use crate::upstream::HttpClient;
@@ -28,6 +29,29 @@ pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_tok
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 const MAX_ANSWER_BYTES: usize = 256 * 1024;
 const CACHE_CAPACITY: usize = 10_000;
+
+impl TokenProvider for OAuth2Provider {
+    fn name(&self) -> &'static str {
+        "oauth2"
+    }
+
+    fn consumed_headers(&self) -> Vec<HeaderName> {
+        vec![self.header().clone()]
+    }
+
+    /// Only `sso.oauth2.allowed_resources`: this provider mints tokens for
+    /// the audience the card names.
+    fn allows_resource(&self, resource: Option<&str>) -> bool {
+        self.permits_resource(resource)
+    }
+
+    fn token<'a>(
+        &'a self,
+        request: &'a TokenRequest<'a>,
+    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+        Box::pin(self.cached_token(request))
+    }
+}
 
 pub struct OAuth2Provider {
     token_url: Uri,
@@ -91,16 +115,16 @@ impl OAuth2Provider {
         })
     }
 
-    pub fn header(&self) -> &HeaderName {
+    fn header(&self) -> &HeaderName {
         &self.header
     }
 
     /// Whether the card's resource is one the operator listed (exact match).
-    pub fn allows_resource(&self, resource: Option<&str>) -> bool {
+    fn permits_resource(&self, resource: Option<&str>) -> bool {
         resource.is_some_and(|uri| self.allowed_resources.iter().any(|r| r == uri))
     }
 
-    pub async fn token(&self, request: &TokenRequest<'_>) -> Result<String, ProviderError> {
+    async fn cached_token(&self, request: &TokenRequest<'_>) -> Result<String, ProviderError> {
         let incoming = token_from(request.user_headers, &self.header)?;
         let resource = request.resource_uri.ok_or_else(|| {
             ProviderError::NoToken("the card names no resource to exchange for".into())
