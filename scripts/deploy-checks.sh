@@ -146,12 +146,15 @@ clean_env = {k: v for k, v in os.environ.items() if not k.startswith("DLPROXY_")
 
 
 def run_check(where, text, env_overrides):
+    """`directline-proxy check --print-effective`: None when the config is
+    refused, else the config as the proxy would run it (defaults filled in,
+    the DLPROXY_* overrides applied by the proxy itself, secrets redacted)."""
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as tmp:
         tmp.write(text)
     try:
         env = dict(clean_env, **env_overrides)
         result = subprocess.run(
-            [binary, "check", "--config", tmp.name],
+            [binary, "check", "--print-effective", "--config", tmp.name],
             env=env, capture_output=True, text=True, timeout=30,
         )
     finally:
@@ -159,9 +162,9 @@ def run_check(where, text, env_overrides):
     shown = " ".join(f"{k}={'<sample>' if k in SECRET_SAMPLES else v}" for k, v in sorted(env_overrides.items()))
     if result.returncode != 0:
         fail(where, f"directline-proxy check {shown} failed: {(result.stderr or result.stdout).strip()}")
-        return False
+        return None
     print(f"ok {where}: directline-proxy check {shown}".rstrip())
-    return True
+    return tomllib.loads(result.stdout)
 
 
 def pod_containers(spec):
@@ -202,22 +205,6 @@ proxy_configs = {}  # (path, deployment, container) -> config with the env appli
 
 def env_var(dotted):
     return "DLPROXY_" + dotted.upper().replace(".", "__")
-
-
-def effective_config(text, env):
-    """The parsed config with the literal DLPROXY_* overrides applied."""
-    config = tomllib.loads(text)
-    for var, value in env.items():
-        parts = var[len("DLPROXY_"):].lower().split("__")
-        try:
-            value = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            pass  # a plain string
-        node = config
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return config
 
 
 def lookup(config, dotted):
@@ -427,15 +414,12 @@ for path, dep in deployments:
                          f"{var} is not a literal value and deploy-checks has no sample for it")
             where = f"{path} {name(dep)} container {container['name']} ConfigMap/{key[1]}"
             text = configmaps[key]["data"]["config.toml"]
-            valid = run_check(where, text, env)
+            config = run_check(where, text, env)
             checked.add(key)
-            try:
-                config = effective_config(text, env)
-            except tomllib.TOMLDecodeError:
-                continue  # reported below
+            if config is None:
+                continue  # reported
             proxy_configs[(path, dep["metadata"]["name"], container["name"])] = config
-            if valid:
-                start_check(where, path, dep, spec, container, text, env, config)
+            start_check(where, path, dep, spec, container, text, env, config)
 
 for key, cm in configmaps.items():
     text = (cm.get("data") or {}).get("config.toml")

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 const PUBLIC_URL_SCHEMES: &[&str] = &["http", "https", "ws", "wss"];
@@ -34,6 +34,8 @@ pub enum ConfigError {
     Schema { key: String, message: String },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
+    #[error("cannot print the config: {0}")]
+    Print(String),
     #[error("config key `{key}` has the invalid value {value:?}: {allowed}")]
     Invalid {
         key: String,
@@ -52,7 +54,7 @@ impl ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: ListenConfig,
@@ -70,7 +72,7 @@ pub struct Config {
 /// The admin listener: `/healthz`, `/readyz` and `/metrics` on their own
 /// address, so probes and scrapes answer while the public listener is
 /// saturated, and metrics are not public.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Socket address; unset: the endpoints stay on the main listener.
@@ -99,7 +101,7 @@ impl AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReloadConfig {
     /// How often the config and certificate files are checked for changes;
@@ -135,7 +137,7 @@ impl ReloadConfig {
 }
 
 /// The Direct Line secret held by the proxy (never by the client).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DirectLineConfig {
     /// Environment variable holding the Direct Line secret.
@@ -216,7 +218,7 @@ impl DirectLineConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Serve `GET /metrics` on the listener.
@@ -229,7 +231,7 @@ impl Default for MetricsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     /// Socket address to bind, `host:port`.
@@ -257,7 +259,7 @@ pub struct ListenConfig {
     pub drain_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// Direct Line base URL (scheme and host, optionally a path prefix).
@@ -271,7 +273,7 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketConfig {
     pub max_message_bytes: usize,
@@ -284,7 +286,7 @@ pub struct WebSocketConfig {
     pub close_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest request body forwarded upstream (uploads included).
@@ -300,13 +302,13 @@ pub struct LimitsConfig {
     pub max_streams_per_client: u32,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
@@ -316,7 +318,7 @@ pub enum LogFormat {
 }
 
 /// Where user tokens come from: `sso.provider`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
     /// SSO off: a pure relay.
@@ -345,7 +347,7 @@ impl ProviderKind {
 }
 
 /// How a token reaches the bot: `sso.flows`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Flow {
     /// A `signin/tokenExchange` invoke posted to the conversation.
@@ -364,7 +366,7 @@ impl Flow {
 }
 
 /// `sso.oauth2.grant`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Grant {
     /// RFC 8693 token exchange.
@@ -375,7 +377,7 @@ pub enum Grant {
 
 /// Server-side sign-in: which provider supplies user tokens and how they
 /// reach the bot.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SsoConfig {
     pub provider: ProviderKind,
@@ -404,7 +406,7 @@ pub struct SsoConfig {
     pub oauth2: Option<OAuth2ProviderConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpProviderConfig {
     pub url: String,
@@ -413,20 +415,20 @@ pub struct HttpProviderConfig {
     pub forward_headers: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticProviderConfig {
     pub token: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderProviderConfig {
     #[serde(default = "default_token_header")]
     pub name: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OAuth2ProviderConfig {
     /// The OAuth 2.0 token endpoint.
@@ -634,6 +636,47 @@ fn validate_header_names(key: &str, names: &[String]) -> Result<(), ConfigError>
 
 /// Like [`parse_base_url`] but a query is allowed (auth endpoints may need one).
 /// Keys whose values must not appear in an error message.
+/// Keys whose values are URLs whose query may hold a key (an Azure
+/// Functions `code=`): printed without it.
+const URLS_WITH_QUERY: [&str; 2] = ["sso.http.url", "sso.oauth2.token_url"];
+
+impl Config {
+    /// The config as the proxy would run it, defaults filled in and
+    /// environment overrides applied, as TOML: so tools read what the proxy
+    /// reads instead of re-implementing the override rules. Secrets and URL
+    /// queries are redacted.
+    pub fn effective_toml(&self) -> Result<String, ConfigError> {
+        let mut table =
+            toml::Table::try_from(self).map_err(|e| ConfigError::Print(e.to_string()))?;
+        redact(&mut table, "");
+        toml::to_string(&table).map_err(|e| ConfigError::Print(e.to_string()))
+    }
+}
+
+fn redact(table: &mut toml::Table, prefix: &str) {
+    for (key, value) in table.iter_mut() {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let hidden = || toml::Value::String("<redacted>".into());
+        if let toml::Value::Table(inner) = value {
+            redact(inner, &path);
+        } else if holds_secret(&path) {
+            *value = match value {
+                toml::Value::Array(items) => toml::Value::Array(vec![hidden(); items.len()]),
+                _ => hidden(),
+            };
+        } else if let (true, toml::Value::String(url)) =
+            (URLS_WITH_QUERY.contains(&path.as_str()), &mut *value)
+            && let Some((base, _)) = url.split_once('?')
+        {
+            *url = format!("{base}?<redacted>");
+        }
+    }
+}
+
 fn holds_secret(key: &str) -> bool {
     ["sso.seal_keys", "sso.static"]
         .iter()

@@ -27,7 +27,12 @@ enum Command {
     /// Run the proxy (the default).
     Run,
     /// Validate the config and exit: 0 when valid, 2 with a message when not.
-    Check,
+    Check {
+        /// Also print the config as the proxy would run it (defaults filled
+        /// in, DLPROXY_* overrides applied, secrets redacted) as TOML.
+        #[arg(long)]
+        print_effective: bool,
+    },
     /// The built-in Direct Line emulator with the proxy in front, offline.
     Demo {
         /// Where the proxy listens.
@@ -63,7 +68,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => run(&cli.config).await,
-            Command::Check => check(&cli.config),
+            Command::Check { print_effective } => check(&cli.config, print_effective),
             Command::Demo { listen, no_sso } => {
                 logging::init(false);
                 match Signals::install() {
@@ -94,14 +99,26 @@ fn report<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, print_effective: bool) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }
-            println!("{}: valid", path.display());
-            ExitCode::SUCCESS
+            if !print_effective {
+                println!("{}: valid", path.display());
+                return ExitCode::SUCCESS;
+            }
+            match config.effective_toml() {
+                Ok(text) => {
+                    println!("{}", text.trim_end());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(error) => {
             eprintln!("error: {error}");

@@ -106,3 +106,37 @@ fn check_refuses_a_provider_reading_the_users_request_without_allowed_origins() 
     assert_eq!(code, Some(2));
     assert!(stderr.contains("listen.allowed_origins"), "{stderr}");
 }
+
+#[test]
+fn print_effective_shows_the_config_as_run_with_overrides_and_no_secret() {
+    let seal_key = "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
+    let file = write_config(
+        "[sso]\nprovider = \"http\"\n[sso.http]\nurl = \"https://auth.example.com/t?code=function-key\"\n[listen]\nallowed_origins = [\"https://www.contoso.com\"]\n",
+    );
+    let output = proxy_command()
+        .args(["check", "--print-effective", "--config"])
+        .arg(file.path())
+        .env("DLPROXY_LISTEN__ADDR", "0.0.0.0:9999")
+        .env("DLPROXY_SSO__SEAL_KEYS", format!("[\"{seal_key}\"]"))
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8(output.stdout).expect("utf-8");
+    let effective: toml::Table = printed.parse().expect("the output is TOML");
+    assert_eq!(effective["listen"]["addr"].as_str(), Some("0.0.0.0:9999"));
+    assert_eq!(
+        effective["websocket"]["read_buffer_bytes"].as_integer(),
+        Some(65536),
+        "defaults are filled in"
+    );
+    assert_eq!(
+        effective["sso"]["http"]["url"].as_str(),
+        Some("https://auth.example.com/t?<redacted>")
+    );
+    assert_eq!(
+        effective["sso"]["seal_keys"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert!(!printed.contains(seal_key), "{printed}");
+    assert!(!printed.contains("function-key"), "{printed}");
+}
