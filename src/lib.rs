@@ -23,8 +23,10 @@ pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, RwLock};
+
+use arc_swap::ArcSwap;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -188,7 +190,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         tls: tls.is_some(),
         config,
         upstream,
-        policy: RwLock::new(Arc::new(proxy::Policy { origins, sso })),
+        policy: ArcSwap::from_pointee(proxy::Policy { origins, sso }),
         decisions,
         metrics,
         credentials,
@@ -198,7 +200,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         ready: AtomicBool::new(true),
     });
     let stop = CancellationToken::new();
-    let tls = tls.map(|acceptor| Arc::new(RwLock::new(acceptor)));
+    let tls = tls.map(|acceptor| Arc::new(ArcSwap::from_pointee(acceptor)));
     let reloader = Arc::new(Reloader::new(shared.clone(), tls.clone()));
     let served = server::spawn(server::Listener { tcp, tls }, shared.clone(), stop.clone());
     let admin_stop = CancellationToken::new();

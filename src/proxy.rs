@@ -1,8 +1,10 @@
 //! What every request handler shares, and the router in front of them.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+
+use arc_swap::ArcSwap;
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri};
@@ -42,7 +44,7 @@ pub struct Shared {
     pub config: Config,
     pub upstream: Arc<Upstream>,
     /// Swapped whole by a reload.
-    pub policy: RwLock<Arc<Policy>>,
+    pub policy: ArcSwap<Policy>,
     /// Exchange-once memory, kept across SSO reloads.
     pub decisions: Arc<Decisions>,
     pub metrics: Arc<Metrics>,
@@ -81,10 +83,7 @@ impl Shared {
     }
 
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.policy.load_full()
     }
 
     /// Who a client is for quotas: the bound user, else its address.

@@ -6,8 +6,10 @@
 //! the running settings stay.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use thiserror::Error;
 use tokio_rustls::TlsAcceptor;
@@ -32,7 +34,9 @@ pub enum ReloadError {
 }
 
 /// The listener's current TLS acceptor, read for every new connection.
-pub type SharedAcceptor = Arc<RwLock<TlsAcceptor>>;
+/// The listener's certificate: new connections take the current one, a
+/// reload swaps it whole.
+pub type SharedAcceptor = Arc<ArcSwap<TlsAcceptor>>;
 
 pub struct Reloader {
     shared: Arc<Shared>,
@@ -76,17 +80,13 @@ impl Reloader {
         .map(Arc::new);
         warn_about_fixed_sections(&current, &new);
         if let (Some(slot), Some(acceptor)) = (&self.tls, acceptor) {
-            *slot.write().unwrap_or_else(|p| p.into_inner()) = acceptor;
+            slot.store(Arc::new(acceptor));
         }
         let policy = Arc::new(Policy {
             origins: OriginPolicy::new(&new.listen.allowed_origins),
             sso,
         });
-        *self
-            .shared
-            .policy
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = policy;
+        self.shared.policy.store(policy);
         for warning in new.warnings() {
             tracing::warn!("{warning}");
         }

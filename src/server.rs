@@ -157,7 +157,7 @@ async fn accept_loop(
         let tls = listener
             .tls
             .as_ref()
-            .map(|current| current.read().unwrap_or_else(|p| p.into_inner()).clone());
+            .map(|current| TlsAcceptor::clone(&current.load()));
         let shared = shared.clone();
         let closing = connections.closing.clone();
         connections.tasks.spawn(async move {
