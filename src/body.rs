@@ -20,11 +20,6 @@ pub fn empty() -> ProxyBody {
 
 /// A proxy-made error in Direct Line's own error shape, so clients such as
 /// DirectLineJS handle it like any upstream error.
-pub fn directline_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({ "error": { "code": code, "message": message } });
-    json_response(status, body.to_string())
-}
-
 pub fn json_response(status: StatusCode, body: String) -> Response<ProxyBody> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;

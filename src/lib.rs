@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod directline;
 pub mod emulator;
+pub mod error;
 pub mod forward;
 pub mod header_values;
 pub mod idle;

@@ -14,13 +14,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::body::{ProxyBody, directline_error, full, text_response};
+use crate::body::{ProxyBody, full, text_response};
 use crate::config::Config;
 use crate::directline::credentials::ServerCredentials;
 use crate::directline::relay::FrameLimits;
 use crate::directline::route::{PREFIX, Route};
 use crate::directline::stream_url::{self, PublicBase};
 use crate::directline::{rest, stream};
+use crate::error::ProxyError;
 use crate::forward::ClientInfo;
 use crate::metrics::{Metrics, Transport};
 use crate::origin::{OriginCheck, OriginPolicy};
@@ -133,18 +134,10 @@ pub async fn handle(
     let policy = shared.policy();
     let origin = policy.origins.check(request.headers());
     if origin == OriginCheck::Refused {
-        return Ok(directline_error(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            "This origin is not allowed to use the proxy.",
-        ));
+        return Ok(ProxyError::OriginRefused.into_response());
     }
     if !host_is_valid(&request) {
-        return Ok(directline_error(
-            StatusCode::BAD_REQUEST,
-            "BadArgument",
-            "The Host header is not a valid host.",
-        ));
+        return Ok(ProxyError::BadHost.into_response());
     }
     let mut response = route(&shared, &policy, request, &client).await;
     policy
@@ -186,7 +179,7 @@ async fn route(
             admin(shared, &request)
         }
         (_, p) if p.starts_with(PREFIX) => match Route::refusal(p) {
-            Some(reason) => directline_error(StatusCode::BAD_REQUEST, "BadArgument", reason),
+            Some(reason) => ProxyError::BadPath(reason).into_response(),
             None => directline(shared, policy, request, client).await,
         },
         _ => not_found(),
@@ -194,11 +187,7 @@ async fn route(
 }
 
 fn not_found() -> Response<ProxyBody> {
-    directline_error(
-        StatusCode::NOT_FOUND,
-        "NotFound",
-        "Only Direct Line 3.0 paths are served here.",
-    )
+    ProxyError::NotDirectLine.into_response()
 }
 
 /// The operational endpoints: on the main listener, or on the admin one

@@ -16,11 +16,12 @@ use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::{Quota, RateLimiter};
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, Response};
 
-use crate::body::{ProxyBody, json_response};
+use crate::body::ProxyBody;
 use crate::config::LimitsConfig;
 use crate::directline::route::Route;
+use crate::error::ProxyError;
 use crate::forward::{ClientInfo, X_FORWARDED_FOR, nearest_forwarded};
 use crate::metrics::Metrics;
 
@@ -283,25 +284,25 @@ pub struct OverQuota {
     message: &'static str,
 }
 
-impl OverQuota {
-    pub fn into_response(self) -> Response<ProxyBody> {
-        too_many_requests(self.retry_after, self.message)
+impl From<OverQuota> for ProxyError {
+    fn from(over: OverQuota) -> ProxyError {
+        ProxyError::OverQuota {
+            retry_after: over.retry_after,
+            message: over.message,
+        }
     }
 }
 
-/// 429 in Direct Line's error shape, with `Retry-After` in whole seconds.
-pub fn too_many_requests(retry_after: Duration, message: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({"error": {"code": "TooManyRequests", "message": message}});
-    let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, body.to_string());
-    let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
+impl OverQuota {
+    pub fn into_response(self) -> Response<ProxyBody> {
+        ProxyError::from(self).into_response()
     }
-    response
 }
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
+
     use super::*;
 
     fn client(ip: &str) -> ClientInfo {
@@ -372,12 +373,5 @@ mod tests {
         assert!(counts.open("b".into()).is_some());
         drop(first);
         assert!(counts.open("a".into()).is_some());
-    }
-
-    #[test]
-    fn too_many_requests_says_when_to_retry() {
-        let response = too_many_requests(Duration::from_millis(1500), "slow down");
-        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
     }
 }

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::ProxyBody;
+use crate::error::ProxyError;
 use crate::forward::ClientInfo;
 use crate::idle::Idle;
 use crate::metrics::ErrorKind;
@@ -177,7 +178,7 @@ fn refuse_over_limit(tcp: TcpStream, tls: bool, shared: &Shared) {
 }
 
 fn over_limit_response() -> String {
-    let body = r#"{"error":{"code":"ServiceUnavailable","message":"The proxy is at its connection limit."}}"#;
+    let body = ProxyError::AtConnectionLimit.body();
     format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()

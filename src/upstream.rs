@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::uri::Uri;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use thiserror::Error;
 
-use crate::body::{ProxyBody, directline_error};
+use crate::body::ProxyBody;
 use crate::config::{ConfigError, UpstreamConfig};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::tls::{self, TlsError};
@@ -44,27 +44,6 @@ impl UpstreamError {
             UpstreamError::Timeout(_) => ErrorKind::UpstreamTimeout,
             UpstreamError::Unreachable(_) => ErrorKind::UpstreamUnreachable,
             UpstreamError::Failed(_) | UpstreamError::BadUrl(_) => ErrorKind::UpstreamFailed,
-        }
-    }
-
-    /// The response the client gets instead of the upstream's.
-    pub fn to_response(&self) -> Response<ProxyBody> {
-        match self {
-            UpstreamError::Timeout(_) => directline_error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "GatewayTimeout",
-                "The Direct Line service did not answer in time.",
-            ),
-            UpstreamError::Unreachable(_) | UpstreamError::Failed(_) => directline_error(
-                StatusCode::BAD_GATEWAY,
-                "BadGateway",
-                "The Direct Line service could not be reached.",
-            ),
-            UpstreamError::BadUrl(_) => directline_error(
-                StatusCode::BAD_REQUEST,
-                "BadArgument",
-                "Invalid request path.",
-            ),
         }
     }
 }

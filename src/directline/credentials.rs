@@ -14,18 +14,19 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use http_body_util::BodyExt;
 use ring::hmac;
 use serde_json::{Value, json};
 use thiserror::Error;
 
 use super::route::Route;
-use crate::body::{BoxError, ProxyBody, directline_error, full};
+use crate::body::{BoxError, ProxyBody, full};
 use crate::config::DirectLineConfig;
+use crate::error::ProxyError;
 use crate::forward::ClientInfo;
 use crate::header_values::{bearer_value, single_value};
-use crate::quota::{KeyedRate, client_key, too_many_requests};
+use crate::quota::{KeyedRate, client_key};
 use crate::upstream::Upstream;
 
 /// A mint request body larger than this is not a Direct Line token request.
@@ -50,28 +51,23 @@ pub enum Refusal {
     MintFailed,
 }
 
+impl From<Refusal> for ProxyError {
+    fn from(refusal: Refusal) -> ProxyError {
+        match refusal {
+            Refusal::NoUser => ProxyError::NoUser,
+            Refusal::BadBody => ProxyError::BadTokenRequest,
+            Refusal::TooMany(retry_after) => ProxyError::OverQuota {
+                retry_after,
+                message: "Too many token requests; retry later.",
+            },
+            Refusal::MintFailed => ProxyError::MintFailed,
+        }
+    }
+}
+
 impl Refusal {
     pub fn into_response(self) -> Response<ProxyBody> {
-        match self {
-            Refusal::NoUser => directline_error(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "The request carries no authenticated user.",
-            ),
-            Refusal::BadBody => directline_error(
-                StatusCode::BAD_REQUEST,
-                "BadArgument",
-                "The request body is not a JSON object.",
-            ),
-            Refusal::TooMany(retry_after) => {
-                too_many_requests(retry_after, "Too many token requests; retry later.")
-            }
-            Refusal::MintFailed => directline_error(
-                StatusCode::BAD_GATEWAY,
-                "BadGateway",
-                "A token for the user could not be obtained from Direct Line.",
-            ),
-        }
+        ProxyError::from(self).into_response()
     }
 }
 

@@ -6,14 +6,15 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode, Version, header};
+use http::{HeaderMap, Request, Response, Version, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::credentials::{Refusal, ServerCredentials};
 use super::route::Route;
 use super::stream_url::{self, PublicBase};
-use crate::body::{BoxError, ProxyBody, directline_error, full, limited};
+use crate::body::{BoxError, ProxyBody, full, limited};
+use crate::error::ProxyError;
 use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::ErrorKind;
 use crate::proxy::{Policy, Shared};
@@ -75,13 +76,13 @@ pub async fn relay(
     }
     let upstream_request = match upstream_request(shared, policy, &treatment, request, client) {
         Ok(req) => req,
-        Err(error) => return error.to_response(),
+        Err(error) => return ProxyError::from(error).into_response(),
     };
     let response = match shared.upstream.send(upstream_request, route.name()).await {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(%error, "upstream request failed");
-            return error.to_response();
+            return ProxyError::from(error).into_response();
         }
     };
     let (mut parts, body) = response.into_parts();
@@ -147,11 +148,7 @@ fn reject_oversized(shared: &Shared, headers: &HeaderMap) -> Option<Response<Pro
         .ok()?;
     (length > shared.config.limits.max_request_body_bytes).then(|| {
         shared.metrics.error(ErrorKind::RequestTooLarge);
-        directline_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "MessageSizeTooBig",
-            "The request body is larger than the proxy allows.",
-        )
+        ProxyError::BodyTooLarge.into_response()
     })
 }
 
@@ -189,11 +186,7 @@ async fn read_whole(shared: &Shared, body: Incoming) -> Result<Bytes, Response<P
         Err(error) => {
             tracing::warn!(%error, "upstream response could not be read whole");
             shared.metrics.error(ErrorKind::ResponseUnreadable);
-            Err(directline_error(
-                StatusCode::BAD_GATEWAY,
-                "BadGateway",
-                "The Direct Line response could not be read.",
-            ))
+            Err(ProxyError::UnreadableResponse.into_response())
         }
     }
 }

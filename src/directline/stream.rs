@@ -19,7 +19,8 @@ use tracing::Instrument;
 
 use super::inspect::Inspector;
 use super::relay;
-use crate::body::{BoxError, ProxyBody, directline_error, empty};
+use crate::body::{BoxError, ProxyBody, empty};
+use crate::error::ProxyError;
 use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::{ErrorKind, Transport};
 use crate::proxy::{Policy, Shared};
@@ -48,16 +49,7 @@ fn handshake_refusal(headers: &http::HeaderMap) -> Option<Response<ProxyBody>> {
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_some_and(|v| v.as_bytes() == b"13");
     if !version_ok {
-        let mut response = directline_error(
-            StatusCode::UPGRADE_REQUIRED,
-            "BadArgument",
-            "Only WebSocket version 13 is supported.",
-        );
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return Some(response);
+        return Some(ProxyError::WebSocketVersion.into_response());
     }
     let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
     let key_ok = match (keys.next(), keys.next()) {
@@ -66,7 +58,7 @@ fn handshake_refusal(headers: &http::HeaderMap) -> Option<Response<ProxyBody>> {
             .is_ok_and(|bytes| bytes.len() == 16),
         _ => false,
     };
-    (!key_ok).then(bad_handshake)
+    (!key_ok).then(|| ProxyError::BadHandshake.into_response())
 }
 
 /// Forwards the handshake; on the upstream's 101 answers the client with 101
@@ -85,15 +77,11 @@ pub async fn upgrade(
     }
     let inspector = inspector_for(shared, policy, conversation_id, sealed, &request);
     let Some(websocket_key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return bad_handshake();
+        return ProxyError::BadHandshake.into_response();
     };
     let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
         shared.metrics.error(ErrorKind::ConnectionLimit);
-        return directline_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            "The proxy is at its connection limit.",
-        );
+        return ProxyError::AtConnectionLimit.into_response();
     };
     let client_key = || shared.client_key(request.headers(), client);
     let open_stream = match shared.quotas.open_stream(client_key, &shared.metrics) {
@@ -103,13 +91,13 @@ pub async fn upgrade(
     let client_upgrade = hyper::upgrade::on(&mut request);
     let upstream_request = match upstream_handshake(shared, policy, request, client) {
         Ok(req) => req,
-        Err(error) => return error.to_response(),
+        Err(error) => return ProxyError::from(error).into_response(),
     };
     let mut upstream_response = match shared.upstream.send(upstream_request, "stream").await {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(%error, "upstream WebSocket handshake failed");
-            return error.to_response();
+            return ProxyError::from(error).into_response();
         }
     };
     if upstream_response.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -121,11 +109,7 @@ pub async fn upgrade(
     if !accept_key_matches(&websocket_key, &upstream_response) {
         tracing::warn!("upstream answered the WebSocket handshake with a wrong accept key");
         shared.metrics.error(ErrorKind::WebsocketHandshake);
-        return directline_error(
-            StatusCode::BAD_GATEWAY,
-            "BadGateway",
-            "The Direct Line stream handshake failed.",
-        );
+        return ProxyError::StreamHandshake.into_response();
     }
     if upstream_response
         .headers()
@@ -135,11 +119,7 @@ pub async fn upgrade(
         // then fail the connection), and could not read compressed frames.
         tracing::warn!("upstream accepted a WebSocket extension the proxy never offered");
         shared.metrics.error(ErrorKind::WebsocketHandshake);
-        return directline_error(
-            StatusCode::BAD_GATEWAY,
-            "BadGateway",
-            "The Direct Line stream handshake failed.",
-        );
+        return ProxyError::StreamHandshake.into_response();
     }
     let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
     let response = client_switching_protocols(upstream_response);
@@ -176,14 +156,6 @@ fn accept_key_matches(client_key: &HeaderValue, upstream: &Response<Incoming>) -
         .headers()
         .get(header::SEC_WEBSOCKET_ACCEPT)
         .is_some_and(|v| v.as_bytes() == expected.as_bytes())
-}
-
-fn bad_handshake() -> Response<ProxyBody> {
-    directline_error(
-        StatusCode::BAD_REQUEST,
-        "BadArgument",
-        "Invalid WebSocket handshake.",
-    )
 }
 
 fn upstream_handshake(
