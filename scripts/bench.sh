@@ -12,7 +12,7 @@
 #   BENCH_REPS                      repetitions (3)
 #   BENCH_WORKLOADS                 rtt,latency,firehose,poll,idle,sso
 #   BENCH_RTT_STREAMS / _MESSAGES   50 echo streams x 2000 round trips each
-#   BENCH_LATENCY_MESSAGES          5000 unloaded round trips on one stream
+#   BENCH_LATENCY_MESSAGES          20000 unloaded round trips on one stream
 #   BENCH_FIREHOSE_STREAMS / _FRAMES  20 streams x 50000 frames of 600 B
 #   BENCH_POLL_CONNECTIONS / _REQUESTS  50 keep-alive connections x 2000 GETs
 #   BENCH_IDLE                      idle conversations (9900; capped by the fd limit)
