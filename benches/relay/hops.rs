@@ -116,6 +116,17 @@ pub struct Hop {
     pub base: String,
     process: Option<Process>,
     log: Option<PathBuf>,
+    /// How to start it afresh (see [`Hop::restart`]).
+    start: Option<Starter>,
+}
+
+type Starter = Box<dyn Fn() -> Result<Hop, BoxError>>;
+
+/// A hop that [`Hop::restart`] can start again.
+pub fn restartable(start: impl Fn() -> Result<Hop, BoxError> + 'static) -> Result<Hop, BoxError> {
+    let mut hop = start()?;
+    hop.start = Some(Box::new(start));
+    Ok(hop)
 }
 
 impl Hop {
@@ -125,7 +136,22 @@ impl Hop {
             base: upstream.base.clone(),
             process: None,
             log: None,
+            start: None,
         }
+    }
+
+    /// Stops the hop and starts a fresh process (on a new port), so that
+    /// memory freed by earlier workloads and kept by the allocator does not
+    /// hide what idle conversations cost.
+    pub fn restart(&mut self) -> Result<(), BoxError> {
+        let Some(start) = self.start.take() else {
+            return Ok(());
+        };
+        self.process = None;
+        let mut fresh = start()?;
+        fresh.start = Some(start);
+        *self = fresh;
+        Ok(())
     }
 
     pub fn is_direct(&self) -> bool {
@@ -322,6 +348,7 @@ forward_headers = ["cookie"]
         base: format!("http://127.0.0.1:{port}"),
         process: Some(process),
         log: Some(log),
+        start: None,
     };
     wait_listening(&mut hop)?;
     Ok(hop)
@@ -391,6 +418,7 @@ http {{
         base: format!("http://127.0.0.1:{port}"),
         process: Some(process),
         log: Some(log),
+        start: None,
     };
     wait_listening(&mut hop)?;
     Ok(hop)

@@ -229,16 +229,19 @@ fn harness(settings: Settings) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let upstream = hops::start_upstream()?;
     let mut hops = vec![Hop::direct(&upstream)];
-    if let Some(nginx) = &settings.nginx {
-        hops.push(hops::start_nginx(nginx, dir.path(), &upstream.base)?);
+    if let Some(nginx) = settings.nginx.clone() {
+        let (dir, upstream) = (dir.path().to_path_buf(), upstream.base.clone());
+        hops.push(hops::restartable(move || {
+            hops::start_nginx(&nginx, &dir, &upstream)
+        })?);
     }
-    hops.push(hops::start_proxy(
-        &settings.proxy,
-        dir.path(),
-        "proxy",
-        &upstream.base,
-        None,
-    )?);
+    {
+        let (binary, dir) = (settings.proxy.clone(), dir.path().to_path_buf());
+        let upstream = upstream.base.clone();
+        hops.push(hops::restartable(move || {
+            hops::start_proxy(&binary, &dir, "proxy", &upstream, None)
+        })?);
+    }
     let mut sso_proxy = if settings.workloads.iter().any(|w| w == "sso") {
         let sso = SsoSettings {
             provider_url: format!("{}/bot-token", upstream.base),
@@ -288,6 +291,9 @@ fn harness(settings: Settings) -> Result<(), BoxError> {
                 let hop = &mut hops[(i + rep) % count];
                 if workload == "idle" && hop.is_direct() {
                     continue; // no hop, no hop memory
+                }
+                if workload == "idle" {
+                    hop.restart()?;
                 }
                 let run = hops::run_load(hop, workload, params, ticks)
                     .map_err(|e| format!("{workload} through {}: {e}", hop.name))?;
