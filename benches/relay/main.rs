@@ -157,7 +157,7 @@ impl Settings {
         );
         params.insert(
             "latency",
-            vec![p("messages", "BENCH_LATENCY_MESSAGES", 5000)],
+            vec![p("messages", "BENCH_LATENCY_MESSAGES", 20_000)],
         );
         params.insert(
             "firehose",
