@@ -436,6 +436,7 @@ fn report(settings: &Settings, runs: &Runs) {
     row("sso", "sign-ins/s", &rate);
     row("sso", "sign-in p99 µs (client)", &field("p99_us"));
     row("sso", "provider p99 µs", &field("provider_p99_us"));
+    row("sso", "decision p50 µs", &field("decision_p50_us"));
     let decision = row("sso", "decision p99 µs", &field("decision_p99_us"));
 
     let added = |[d, other]: [Option<f64>; 2]| Some(other? - d?);
