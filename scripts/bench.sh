@@ -16,7 +16,8 @@
 #   BENCH_FIREHOSE_STREAMS / _FRAMES  20 streams x 50000 frames of 600 B
 #   BENCH_POLL_CONNECTIONS / _REQUESTS  50 keep-alive connections x 2000 GETs
 #   BENCH_IDLE                      idle conversations (9900; capped by the fd limit)
-#   BENCH_SSO_CONVERSATIONS / _SIGNINS  50 conversations x 40 sign-ins
+#   BENCH_SSO_CONVERSATIONS / _SIGNINS  50 conversations x 40 sign-ins, all at once
+#   BENCH_SSO_ALONE                 200 sign-ins one at a time (before those)
 #   NGINX                           nginx binary, or none to skip nginx
 #   PROXY_BIN                       proxy binary to measure (default: this build's)
 #   CARGO_TARGET_DIR                where cargo builds (default target)

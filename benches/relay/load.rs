@@ -406,6 +406,16 @@ async fn sso(args: &Args, stdin: &mut Stdin) -> Result<Value, BoxError> {
     }
     let stats_url = format!("{upstream}/bench/sso");
     send(&http, Method::GET, &stats_url, &[], Bytes::new()).await?;
+    // One at a time first: what a decision costs without queueing.
+    let unloaded = args.number("unloaded", 200);
+    let (conversation, ws, cookie) = opened.first_mut().ok_or("sso: no conversation")?;
+    let mut alone = Vec::with_capacity(unloaded);
+    for _ in 0..unloaded {
+        let took = sign_in(&http, &args.base, conversation, ws, cookie).await?;
+        alone.push(took.as_nanos() as u64);
+    }
+    alone.sort_unstable();
+    let alone_decision = decisions(&http, &stats_url, unloaded).await?.0;
     let started = ready(stdin).await?;
     let tasks: Vec<_> = opened
         .into_iter()
@@ -428,7 +438,29 @@ async fn sso(args: &Args, stdin: &mut Stdin) -> Result<Value, BoxError> {
     }
     let secs = started.elapsed().as_secs_f64();
     times.sort_unstable();
-    let (_, stats) = send(&http, Method::GET, &stats_url, &[], Bytes::new()).await?;
+    let (decision, provider) = decisions(&http, &stats_url, conversations * signins).await?;
+    Ok(json!({
+        "count": conversations * signins, "secs": secs,
+        "p50_us": percentile(&times, 0.50) as f64 / 1000.0,
+        "p99_us": percentile(&times, 0.99) as f64 / 1000.0,
+        "decision_p50_us": percentile(&decision, 0.50),
+        "decision_p99_us": percentile(&decision, 0.99),
+        "provider_p99_us": percentile(&provider, 0.99),
+        "alone_p99_us": percentile(&alone, 0.99) as f64 / 1000.0,
+        "alone_decision_p50_us": percentile(&alone_decision, 0.50),
+        "alone_decision_p99_us": percentile(&alone_decision, 0.99),
+    }))
+}
+
+/// The decision times (card out to invoke in, minus the provider) and the
+/// provider's handling times the upstream measured since the last call,
+/// sorted; `expected` decisions, or an error.
+async fn decisions(
+    http: &Http,
+    stats_url: &str,
+    expected: usize,
+) -> Result<(Vec<u64>, Vec<u64>), BoxError> {
+    let (_, stats) = send(http, Method::GET, stats_url, &[], Bytes::new()).await?;
     let stats: Value = serde_json::from_slice(&stats)?;
     let sorted = |name: &str| {
         let mut values: Vec<u64> = stats[name]
@@ -439,23 +471,14 @@ async fn sso(args: &Args, stdin: &mut Stdin) -> Result<Value, BoxError> {
         values
     };
     let decision = sorted("decision_us");
-    let provider = sorted("provider_us");
-    if decision.len() != conversations * signins {
+    if decision.len() != expected {
         return Err(format!(
-            "sso: {} decisions measured at the upstream, {} sign-ins made",
-            decision.len(),
-            conversations * signins
+            "sso: {} decisions measured at the upstream, {expected} sign-ins made",
+            decision.len()
         )
         .into());
     }
-    Ok(json!({
-        "count": conversations * signins, "secs": secs,
-        "p50_us": percentile(&times, 0.50) as f64 / 1000.0,
-        "p99_us": percentile(&times, 0.99) as f64 / 1000.0,
-        "decision_p50_us": percentile(&decision, 0.50),
-        "decision_p99_us": percentile(&decision, 0.99),
-        "provider_p99_us": percentile(&provider, 0.99),
-    }))
+    Ok((decision, sorted("provider_us")))
 }
 
 /// Asks the bot for a card and waits until the proxy has signed the user

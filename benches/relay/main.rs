@@ -21,7 +21,8 @@
 //! (per connection, 2000), `BENCH_IDLE` (conversations, 9900: at most what
 //! the file descriptor limit lets the hop hold, two per conversation),
 //! `BENCH_SSO_CONVERSATIONS` (50), `BENCH_SSO_SIGNINS` (per conversation,
-//! 40), `NGINX` (the nginx binary; `none` skips it), `PROXY_BIN` (the proxy
+//! 40; all conversations at once), `BENCH_SSO_ALONE` (sign-ins one at a
+//! time before those, 200), `NGINX` (the nginx binary; `none` skips it), `PROXY_BIN` (the proxy
 //! binary; default the one this build made). `cargo test --bench relay`
 //! runs every workload once at tiny sizes without nginx (a smoke test of
 //! the harness, a few seconds).
@@ -179,6 +180,7 @@ impl Settings {
             vec![
                 p("conversations", "BENCH_SSO_CONVERSATIONS", 50),
                 p("signins", "BENCH_SSO_SIGNINS", 40),
+                p("unloaded", "BENCH_SSO_ALONE", 200),
             ],
         );
         Settings {
@@ -204,7 +206,10 @@ impl Settings {
         all.insert("firehose", params(&["streams=2", "frames=500"]));
         all.insert("poll", params(&["connections=4", "requests=50"]));
         all.insert("idle", params(&["conversations=50"]));
-        all.insert("sso", params(&["conversations=2", "signins=3"]));
+        all.insert(
+            "sso",
+            params(&["conversations=2", "signins=3", "unloaded=3"]),
+        );
         Settings {
             reps: 1,
             workloads: all.keys().map(|k| k.to_string()).collect(),
@@ -433,11 +438,38 @@ fn report(settings: &Settings, runs: &Runs) {
     let poll = row("poll", "req/s", &rate);
     let poll_cpu = row("poll", "hop CPU µs/req", &cpu_us_per_unit);
     let idle = row("idle", "KiB/conversation", &kib_per_conversation);
-    row("sso", "sign-ins/s", &rate);
-    row("sso", "sign-in p99 µs (client)", &field("p99_us"));
+    row("sso", "sign-ins/s, all at once", &rate);
+    row(
+        "sso",
+        "sign-in p99 µs (client), all at once",
+        &field("p99_us"),
+    );
     row("sso", "provider p99 µs", &field("provider_p99_us"));
-    row("sso", "decision p50 µs", &field("decision_p50_us"));
-    let decision = row("sso", "decision p99 µs", &field("decision_p99_us"));
+    row(
+        "sso",
+        "decision p50 µs, all at once",
+        &field("decision_p50_us"),
+    );
+    let decision = row(
+        "sso",
+        "decision p99 µs, all at once",
+        &field("decision_p99_us"),
+    );
+    row(
+        "sso",
+        "sign-in p99 µs (client), one at a time",
+        &field("alone_p99_us"),
+    );
+    row(
+        "sso",
+        "decision p50 µs, one at a time",
+        &field("alone_decision_p50_us"),
+    );
+    let alone = row(
+        "sso",
+        "decision p99 µs, one at a time",
+        &field("alone_decision_p99_us"),
+    );
 
     let added = |[d, other]: [Option<f64>; 2]| Some(other? - d?);
     let (nginx_added, proxy_added) = (added([p99[0], p99[1]]), added([p99[0], p99[2]]));
@@ -471,7 +503,11 @@ fn report(settings: &Settings, runs: &Runs) {
             idle[2].map(|k| k <= 4.0),
         ),
         (
-            "SSO decision p99 <= 1 ms beyond provider and invoke",
+            "SSO decision p99 <= 1 ms beyond provider and invoke, one at a time",
+            alone[2].map(|us| us <= 1000.0),
+        ),
+        (
+            "SSO decision p99 <= 1 ms beyond provider and invoke, all at once",
             decision[2].map(|us| us <= 1000.0),
         ),
     ] {
