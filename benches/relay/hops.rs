@@ -24,11 +24,36 @@ fn signal(pid: u32, name: &str) {
         .status();
 }
 
-/// Kills every child still running (the signal handler's last act).
+/// Stops every child still running and their own children (nginx's
+/// workers): SIGTERM, then SIGKILL for what is left after 3 s (the signal
+/// handler's last act).
 pub fn kill_all() {
-    for pid in children().drain(..) {
-        signal(pid, "-KILL");
+    let ours: Vec<u32> = children().drain(..).collect();
+    let mut all = ours.clone();
+    all.extend(ours.iter().flat_map(|pid| children_of(*pid)));
+    for pid in &all {
+        signal(*pid, "-TERM");
     }
+    let running = |pid: &u32| stat_fields(*pid).is_some_and(|f| f[0] != "Z");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while all.iter().any(running) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in all.iter().filter(|pid| running(pid)) {
+        signal(*pid, "-KILL");
+    }
+}
+
+/// The processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| stat_fields(*pid).and_then(|f| f.get(1)?.parse::<u32>().ok()) == Some(parent))
+        .collect()
 }
 
 /// A child process, terminated when dropped (SIGTERM, so nginx's master
@@ -165,16 +190,7 @@ impl Hop {
         };
         let main = process.pid();
         let mut pids = vec![main];
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for entry in entries.flatten() {
-                let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                    continue;
-                };
-                if stat_fields(pid).and_then(|f| f.get(1)?.parse::<u32>().ok()) == Some(main) {
-                    pids.push(pid);
-                }
-            }
-        }
+        pids.extend(children_of(main));
         pids
     }
 

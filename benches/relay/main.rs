@@ -67,11 +67,22 @@ async fn main() -> Result<(), BoxError> {
                 result = harness => result?,
                 () = signalled() => {
                     hops::kill_all();
+                    if let Some(dir) = lock_scratch().take() {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
                     std::process::exit(130);
                 }
             }
         }
     }
+}
+
+/// The harness's temporary directory (configs, logs), for the signal
+/// handler to remove: exiting on a signal skips its destructor.
+static SCRATCH: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+fn lock_scratch() -> std::sync::MutexGuard<'static, Option<PathBuf>> {
+    SCRATCH.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn signalled() {
@@ -232,6 +243,7 @@ fn harness(settings: Settings) -> Result<(), BoxError> {
         }
     }
     let dir = tempfile::tempdir()?;
+    *lock_scratch() = Some(dir.path().to_path_buf());
     let upstream = hops::start_upstream()?;
     let mut hops = vec![Hop::direct(&upstream)];
     if let Some(nginx) = settings.nginx.clone() {
