@@ -18,7 +18,7 @@ use super::auth::{self, Caller, Grant, STREAM_TOKEN_TTL, TokenKind};
 use super::bot;
 use super::conversation::Conversation;
 use super::error::ApiError;
-use super::respond::{self, Body, optional_json, percent_decode, query_param};
+use super::respond::{self, Body, optional_json, query_param};
 use super::rough;
 use super::sas;
 use super::state::{MAX_RECORDED_BODY, Shared, lock};
@@ -137,7 +137,15 @@ fn record(shared: &Shared, parts: &Parts, body: &Bytes) {
 /// Maps method and path to a route: 404 for unknown paths, 405 for a known
 /// path with the wrong method.
 fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
-    let segments: Vec<String> = path.split('/').skip(1).map(percent_decode).collect();
+    let segments: Vec<String> = path
+        .split('/')
+        .skip(1)
+        .map(|segment| {
+            percent_encoding::percent_decode_str(segment)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let candidates: Vec<(Method, Route)> = match segments.as_slice() {
         ["sas", id] if !id.is_empty() => vec![(Method::POST, Route::TokenPost(id.to_string()))],
