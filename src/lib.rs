@@ -5,8 +5,10 @@
 
 pub mod body;
 pub mod config;
+#[cfg(feature = "emulator")]
 pub mod demo;
 pub mod directline;
+#[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod error;
 pub mod forward;

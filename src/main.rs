@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use directline_proxy::config::Config;
-use directline_proxy::{demo, emulator, logging};
+use directline_proxy::logging;
+#[cfg(feature = "emulator")]
+use directline_proxy::{demo, emulator};
 
 #[derive(Parser)]
 #[command(
@@ -69,26 +71,52 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => run(&cli.config).await,
             Command::Check { print_effective } => check(&cli.config, print_effective),
-            Command::Demo { listen, no_sso } => {
-                logging::init(false);
-                match Signals::install() {
-                    Ok(signals) => report(demo::run(listen, !no_sso, signals.stop()).await),
-                    Err(error) => report(Err(error)),
-                }
-            }
-            Command::Emulator { listen, rough } => {
-                logging::init(false);
-                let config = emulator::EmulatorConfig {
-                    listen,
-                    rough,
-                    ..Default::default()
-                };
-                report(emulator::run_standalone(config).await)
-            }
+            Command::Demo { listen, no_sso } => demo(listen, no_sso).await,
+            Command::Emulator { listen, rough } => run_emulator(listen, rough).await,
         }
     })
 }
 
+#[cfg(feature = "emulator")]
+async fn demo(listen: SocketAddr, no_sso: bool) -> ExitCode {
+    logging::init(false);
+    match Signals::install() {
+        Ok(signals) => report(demo::run(listen, !no_sso, signals.stop()).await),
+        Err(error) => report(Err(error)),
+    }
+}
+
+#[cfg(feature = "emulator")]
+async fn run_emulator(listen: SocketAddr, rough: bool) -> ExitCode {
+    logging::init(false);
+    let config = emulator::EmulatorConfig {
+        listen,
+        rough,
+        ..Default::default()
+    };
+    report(emulator::run_standalone(config).await)
+}
+
+/// A build for production may leave the emulator out (`--no-default-features`).
+#[cfg(not(feature = "emulator"))]
+async fn demo(_listen: SocketAddr, _no_sso: bool) -> ExitCode {
+    without_emulator("demo")
+}
+
+#[cfg(not(feature = "emulator"))]
+async fn run_emulator(_listen: SocketAddr, _rough: bool) -> ExitCode {
+    without_emulator("emulator")
+}
+
+#[cfg(not(feature = "emulator"))]
+fn without_emulator(command: &str) -> ExitCode {
+    eprintln!(
+        "error: `{command}` needs the built-in Direct Line emulator, which this build leaves out (build with the default feature `emulator`)"
+    );
+    ExitCode::FAILURE
+}
+
+#[cfg(feature = "emulator")]
 fn report<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -237,6 +265,7 @@ impl Signals {
     }
 
     /// Resolves on the first SIGTERM or SIGINT; SIGHUP is ignored.
+    #[cfg(feature = "emulator")]
     async fn stop(mut self) {
         while let Received::Hangup = self.next().await {}
     }
