@@ -18,7 +18,7 @@ use directline_proxy::directline::activity::{
 use directline_proxy::directline::inspect::Inspector;
 use directline_proxy::metrics::Metrics;
 use directline_proxy::sso::decisions::Decisions;
-use directline_proxy::sso::{Access, Requester, Sso};
+use directline_proxy::sso::{ConversationContext, Requester, Sso};
 use directline_proxy::upstream::Upstream;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -425,7 +425,7 @@ fn sso_inspector() -> Inspector {
     let sso = Sso::new(&config.sso, upstream, metrics, decisions)
         .expect("sso")
         .expect("sso on");
-    let access = Access {
+    let access = ConversationContext {
         conversation_id: "conv|1".into(),
         token: Some("conversation-token".into()),
         user_headers: http::HeaderMap::new(),

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::sso::{Access, Sso};
+use crate::sso::{ConversationContext, Sso};
 
 /// A pending inspection: the rewritten message, or `None` to send the
 /// original on unchanged. Owns what it needs, so the relay can hold it.
@@ -19,13 +19,13 @@ pub type Inspection = Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>>;
 /// One stream's inspection: the SSO engine and the conversation it serves.
 #[derive(Default)]
 pub struct Inspector {
-    sso: Option<(Arc<Sso>, Access)>,
+    sso: Option<(Arc<Sso>, ConversationContext)>,
 }
 
 impl Inspector {
-    pub fn new(sso: Option<Arc<Sso>>, access: Access) -> Inspector {
+    pub fn new(sso: Option<Arc<Sso>>, context: ConversationContext) -> Inspector {
         Inspector {
-            sso: sso.map(|sso| (sso, access)),
+            sso: sso.map(|sso| (sso, context)),
         }
     }
 
@@ -42,9 +42,9 @@ impl Inspector {
     }
 
     pub fn inspect(&self, payload: Vec<u8>) -> Inspection {
-        let Some((sso, access)) = self.sso.clone() else {
+        let Some((sso, context)) = self.sso.clone() else {
             return Box::pin(std::future::ready(None));
         };
-        Box::pin(async move { sso.process(&access, &payload).await })
+        Box::pin(async move { sso.process(&context, &payload).await })
     }
 }

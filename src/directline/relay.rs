@@ -70,7 +70,7 @@ impl FrameLimits {
 
 /// How a relayed stream ended, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum StreamEnd {
     ClientClosed,
     UpstreamClosed,
     ClientLost,
@@ -81,10 +81,10 @@ pub enum Outcome {
     Shutdown,
 }
 
-impl Outcome {
+impl StreamEnd {
     /// Whether a side vanished without a close handshake.
     pub fn lost(self) -> bool {
-        matches!(self, Outcome::ClientLost | Outcome::UpstreamLost)
+        matches!(self, StreamEnd::ClientLost | StreamEnd::UpstreamLost)
     }
 }
 
@@ -116,19 +116,19 @@ impl Direction {
         }
     }
 
-    fn source_ended(self, cleanly: bool) -> Outcome {
+    fn source_ended(self, cleanly: bool) -> StreamEnd {
         match (self, cleanly) {
-            (Direction::ToUpstream, true) => Outcome::ClientClosed,
-            (Direction::ToUpstream, false) => Outcome::ClientLost,
-            (Direction::ToClient, true) => Outcome::UpstreamClosed,
-            (Direction::ToClient, false) => Outcome::UpstreamLost,
+            (Direction::ToUpstream, true) => StreamEnd::ClientClosed,
+            (Direction::ToUpstream, false) => StreamEnd::ClientLost,
+            (Direction::ToClient, true) => StreamEnd::UpstreamClosed,
+            (Direction::ToClient, false) => StreamEnd::UpstreamLost,
         }
     }
 
-    fn destination_lost(self) -> Outcome {
+    fn destination_lost(self) -> StreamEnd {
         match self {
-            Direction::ToUpstream => Outcome::UpstreamLost,
-            Direction::ToClient => Outcome::ClientLost,
+            Direction::ToUpstream => StreamEnd::UpstreamLost,
+            Direction::ToClient => StreamEnd::ClientLost,
         }
     }
 
@@ -144,7 +144,7 @@ impl Direction {
 
 /// Relays until one side closes or is lost, then lets the other side finish
 /// its close handshake within the close timeout.
-pub async fn run<C, U>(mut client: C, mut upstream: U, settings: RelaySettings) -> Outcome
+pub async fn run<C, U>(mut client: C, mut upstream: U, settings: RelaySettings) -> StreamEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -188,7 +188,7 @@ where
             }
         });
         let _ = tokio::time::timeout(settings.close_timeout, both_closed).await;
-        return Outcome::Shutdown;
+        return StreamEnd::Shutdown;
     };
     let the_other = poll_fn(|cx| match ended {
         Direction::ToUpstream => to_client.poll(cx, &mut upstream, &mut client, settings),
@@ -268,7 +268,7 @@ struct Half {
     held: Option<Held>,
     inspection: Option<(Inspection, Vec<u8>)>,
     /// Set when this direction stops once `out` is written.
-    end: Option<Outcome>,
+    end: Option<StreamEnd>,
     unflushed: bool,
 }
 
@@ -297,7 +297,7 @@ impl Half {
         source: &mut S,
         destination: &mut D,
         settings: &RelaySettings,
-    ) -> Poll<Outcome>
+    ) -> Poll<StreamEnd>
     where
         S: AsyncRead + Unpin,
         D: AsyncWrite + Unpin,
@@ -340,7 +340,7 @@ impl Half {
         &mut self,
         cx: &mut Context<'_>,
         destination: &mut D,
-    ) -> Poll<Outcome> {
+    ) -> Poll<StreamEnd> {
         if self.unflushed {
             match Pin::new(destination).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.unflushed = false,
@@ -355,7 +355,7 @@ impl Half {
 
     /// Ends this direction for good: the buffer goes back to the pool and
     /// later polls return the same outcome.
-    fn finish(&mut self, outcome: Outcome) -> Outcome {
+    fn finish(&mut self, outcome: StreamEnd) -> StreamEnd {
         self.release_buffer();
         self.out.clear();
         self.held = None;
@@ -494,7 +494,7 @@ impl Half {
             }
             if matches!(self.mode, Mode::Draining) {
                 if header.opcode == Opcode::Close {
-                    self.end = Some(Outcome::Shutdown);
+                    self.end = Some(StreamEnd::Shutdown);
                     break true;
                 }
                 run_start = self.parsed;
@@ -634,7 +634,7 @@ impl Half {
 
     fn refuse(&mut self, refusal: Refusal) {
         if matches!(self.mode, Mode::Draining) {
-            self.end = Some(Outcome::Shutdown);
+            self.end = Some(StreamEnd::Shutdown);
             return;
         }
         let direction = self.direction;
@@ -649,7 +649,7 @@ impl Half {
                     bytes: direction.close_frame(MESSAGE_TOO_BIG, "message too big"),
                     written: 0,
                 });
-                self.end = Some(Outcome::TooBig);
+                self.end = Some(StreamEnd::TooBig);
             }
             broken => {
                 let reason = broken.reason();
@@ -663,7 +663,7 @@ impl Half {
     /// on, then a close frame that tells the destination to reconnect.
     fn source_lost(&mut self) {
         if matches!(self.mode, Mode::Draining) {
-            self.end = Some(Outcome::Shutdown);
+            self.end = Some(StreamEnd::Shutdown);
             return;
         }
         self.inspection = None;

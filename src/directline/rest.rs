@@ -18,14 +18,14 @@ use crate::error::ProxyError;
 use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::ErrorKind;
 use crate::proxy::{Policy, Shared};
-use crate::sso::{Access, Requester, Sso, seal};
+use crate::sso::{ConversationContext, Requester, Sso, seal};
 use crate::upstream::UpstreamError;
 
 /// What happens to the upstream's answer.
 enum Treatment {
     Pass,
     RewriteStreamUrl(PublicBase, Option<Sealing>),
-    InspectPoll(Arc<Sso>, Access),
+    InspectPoll(Arc<Sso>, ConversationContext),
 }
 
 /// With SSO on, what a rewritten `streamUrl` carries sealed: taken from the
@@ -99,7 +99,7 @@ pub async fn relay(
         Treatment::RewriteStreamUrl(public, sealing) => {
             rewrite_stream_url(shared, &bytes, public, sealing.as_ref())
         }
-        Treatment::InspectPoll(sso, access) => Box::pin(sso.process(access, &bytes)).await,
+        Treatment::InspectPoll(sso, context) => Box::pin(sso.process(context, &bytes)).await,
         Treatment::Pass => None,
     };
     let body = match rewritten {
@@ -132,8 +132,8 @@ fn treatment<B>(
             Treatment::RewriteStreamUrl(public, sealing)
         }
         (Route::Poll { conversation_id }, Some(sso)) => {
-            let access = sso.poll_access(conversation_id, headers, shared.requester(headers));
-            Treatment::InspectPoll(sso, access)
+            let context = sso.context_for_poll(conversation_id, headers, shared.requester(headers));
+            Treatment::InspectPoll(sso, context)
         }
         _ => Treatment::Pass,
     }

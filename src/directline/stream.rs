@@ -144,8 +144,8 @@ fn inspector_for(
         return Inspector::default();
     };
     let requester = shared.requester(request.headers());
-    let access = sso.stream_access(conversation_id, sealed, request.headers(), requester);
-    Inspector::new(Some(sso), access)
+    let context = sso.context_for_stream(conversation_id, sealed, request.headers(), requester);
+    Inspector::new(Some(sso), context)
 }
 
 /// The upstream's `Sec-WebSocket-Accept` answers the client's key: the

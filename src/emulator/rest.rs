@@ -27,7 +27,7 @@ use super::upload;
 
 /// Every endpoint the emulator serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Route {
+enum Endpoint {
     Generate,
     Refresh,
     Start,
@@ -104,7 +104,7 @@ async fn serve(shared: Arc<Shared>, request: hyper::Request<Incoming>) -> Respon
             return respond::error(&err);
         }
     };
-    if let Route::Stream(id, multimodal) = &route {
+    if let Endpoint::Stream(id, multimodal) = &route {
         record(&shared, &parts, &Bytes::new());
         return stream::handshake(&shared, parts, id, *multimodal);
     }
@@ -136,7 +136,7 @@ fn record(shared: &Shared, parts: &Parts, body: &Bytes) {
 
 /// Maps method and path to a route: 404 for unknown paths, 405 for a known
 /// path with the wrong method.
-fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
+fn route(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
     let segments: Vec<String> = path
         .split('/')
         .skip(1)
@@ -147,8 +147,8 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         })
         .collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let candidates: Vec<(Method, Route)> = match segments.as_slice() {
-        ["sas", id] if !id.is_empty() => vec![(Method::POST, Route::TokenPost(id.to_string()))],
+    let candidates: Vec<(Method, Endpoint)> = match segments.as_slice() {
+        ["sas", id] if !id.is_empty() => vec![(Method::POST, Endpoint::TokenPost(id.to_string()))],
         ["v3", "directline", rest @ ..] => directline_routes(rest),
         _ => vec![],
     };
@@ -162,45 +162,45 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         .ok_or_else(ApiError::method_not_allowed)
 }
 
-fn directline_routes(segments: &[&str]) -> Vec<(Method, Route)> {
+fn directline_routes(segments: &[&str]) -> Vec<(Method, Endpoint)> {
     let id = |id: &str| id.to_string();
     match segments {
-        ["tokens", "generate"] => vec![(Method::POST, Route::Generate)],
-        ["tokens", "refresh"] => vec![(Method::POST, Route::Refresh)],
-        ["conversations"] => vec![(Method::POST, Route::Start)],
-        ["conversations", c] if !c.is_empty() => vec![(Method::GET, Route::Reconnect(id(c)))],
+        ["tokens", "generate"] => vec![(Method::POST, Endpoint::Generate)],
+        ["tokens", "refresh"] => vec![(Method::POST, Endpoint::Refresh)],
+        ["conversations"] => vec![(Method::POST, Endpoint::Start)],
+        ["conversations", c] if !c.is_empty() => vec![(Method::GET, Endpoint::Reconnect(id(c)))],
         ["conversations", c, "activities"] if !c.is_empty() => vec![
-            (Method::GET, Route::Poll(id(c))),
-            (Method::POST, Route::Post(id(c))),
+            (Method::GET, Endpoint::Poll(id(c))),
+            (Method::POST, Endpoint::Post(id(c))),
         ],
         ["conversations", c, "upload"] if !c.is_empty() => {
-            vec![(Method::POST, Route::Upload(id(c)))]
+            vec![(Method::POST, Endpoint::Upload(id(c)))]
         }
         ["conversations", c, "stream"] if !c.is_empty() => {
-            vec![(Method::GET, Route::Stream(id(c), false))]
+            vec![(Method::GET, Endpoint::Stream(id(c), false))]
         }
         ["conversations", c, "stream", "multimodal"] if !c.is_empty() => {
-            vec![(Method::GET, Route::Stream(id(c), true))]
+            vec![(Method::GET, Endpoint::Stream(id(c), true))]
         }
-        ["session", "getsessionid"] => vec![(Method::GET, Route::SessionId)],
-        ["attachments", a, ..] if !a.is_empty() => vec![(Method::GET, Route::Attachment(id(a)))],
+        ["session", "getsessionid"] => vec![(Method::GET, Endpoint::SessionId)],
+        ["attachments", a, ..] if !a.is_empty() => vec![(Method::GET, Endpoint::Attachment(id(a)))],
         _ => vec![],
     }
 }
 
 async fn dispatch(
     shared: &Arc<Shared>,
-    route: Route,
+    route: Endpoint,
     parts: &Parts,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let query = parts.uri.query();
     match route {
-        Route::TokenPost(id) => {
+        Endpoint::TokenPost(id) => {
             let path = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
             return Ok(sas::token_post(shared, &id, path, &body));
         }
-        Route::Attachment(id) => return attachment(shared, &id),
+        Endpoint::Attachment(id) => return attachment(shared, &id),
         _ => {}
     }
     let caller = {
@@ -208,21 +208,21 @@ async fn dispatch(
         auth::authenticate(&parts.headers, &shared.config.secret, &tokens)?
     };
     match route {
-        Route::Generate => generate(shared, &caller, &body),
-        Route::Refresh => refresh(shared, &caller),
-        Route::Start => start(shared, &caller, &body),
-        Route::Reconnect(id) => reconnect(shared, &caller, &id, query),
-        Route::Poll(id) => poll(shared, &caller, &id, query),
-        Route::Post(id) => post(shared, &caller, &id, &body).await,
-        Route::Upload(id) => {
+        Endpoint::Generate => generate(shared, &caller, &body),
+        Endpoint::Refresh => refresh(shared, &caller),
+        Endpoint::Start => start(shared, &caller, &body),
+        Endpoint::Reconnect(id) => reconnect(shared, &caller, &id, query),
+        Endpoint::Poll(id) => poll(shared, &caller, &id, query),
+        Endpoint::Post(id) => post(shared, &caller, &id, &body).await,
+        Endpoint::Upload(id) => {
             let conversation = conversation_for(shared, &caller, &id)?;
             let user = query_param(query, "userId");
             let answer =
                 upload::upload(shared, &conversation, &caller, user, &parts.headers, body).await?;
             Ok(respond::json(StatusCode::OK, &answer))
         }
-        Route::SessionId => Ok(session_id(shared, &caller)),
-        Route::Stream(..) | Route::Attachment(_) | Route::TokenPost(_) => {
+        Endpoint::SessionId => Ok(session_id(shared, &caller)),
+        Endpoint::Stream(..) | Endpoint::Attachment(_) | Endpoint::TokenPost(_) => {
             Err(ApiError::not_found("No such resource"))
         }
     }

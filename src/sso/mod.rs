@@ -57,7 +57,7 @@ pub const MAX_CARD_ID_BYTES: usize = 512;
 /// What the proxy knows of the conversation a frame or poll belongs to,
 /// all taken from the request that carries that stream or poll.
 #[derive(Debug, Clone)]
-pub struct Access {
+pub struct ConversationContext {
     /// Canonical (percent-decoded), as Direct Line identifies it.
     pub conversation_id: String,
     /// The conversation token (never the stream token `t=`).
@@ -167,13 +167,13 @@ impl Sso {
     /// What a stream may do, from its handshake: the sealed context (if it
     /// opens) gives the conversation token and the owner, who must be the
     /// requester.
-    pub fn stream_access(
+    pub fn context_for_stream(
         &self,
         conversation_id: &str,
         sealed: Option<&str>,
         request_headers: &HeaderMap,
         requester: Requester,
-    ) -> Access {
+    ) -> ConversationContext {
         let user_headers = self.capture_headers(request_headers);
         let opened = sealed.and_then(|sealed| self.open_stream_context(conversation_id, sealed));
         let sealed_owner = opened
@@ -190,7 +190,7 @@ impl Sso {
             (None, Requester::Bound(_)) => false,
             (None, Requester::Anonymous) => !self.require_owner,
         };
-        Access {
+        ConversationContext {
             conversation_id: conversation_id.to_string(),
             token: opened.map(|opened| opened.context.token),
             user_headers,
@@ -200,18 +200,18 @@ impl Sso {
     }
 
     /// What a poll may do: it carries the conversation token itself.
-    pub fn poll_access(
+    pub fn context_for_poll(
         &self,
         conversation_id: &str,
         request_headers: &HeaderMap,
         requester: Requester,
-    ) -> Access {
+    ) -> ConversationContext {
         let token = request_headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(crate::header_values::bearer_value)
             .map(str::to_string);
-        Access {
+        ConversationContext {
             conversation_id: conversation_id.to_string(),
             token,
             user_headers: self.capture_headers(request_headers),
@@ -230,7 +230,7 @@ impl Sso {
         self.markers.present(bytes)
     }
 
-    pub async fn process(&self, access: &Access, bytes: &[u8]) -> Option<Vec<u8>> {
+    pub async fn process(&self, context: &ConversationContext, bytes: &[u8]) -> Option<Vec<u8>> {
         if !self.markers.present(bytes) {
             return None;
         }
@@ -244,7 +244,7 @@ impl Sso {
             findings
                 .cards
                 .iter()
-                .map(|card| self.decide(access, card, &budget)),
+                .map(|card| self.decide(context, card, &budget)),
         )
         .await;
         let exchanged: Vec<&OAuthCard> = findings
@@ -261,32 +261,37 @@ impl Sso {
     }
 
     /// `true` when the card may be removed.
-    async fn decide(&self, access: &Access, card: &OAuthCard, budget: &SetBudget) -> bool {
+    async fn decide(
+        &self,
+        context: &ConversationContext,
+        card: &OAuthCard,
+        budget: &SetBudget,
+    ) -> bool {
         self.metrics.oauth_card_seen();
-        let (Some(flow), Some(card_id)) = (self.flow_for(card, access), card.id()) else {
-            if self.fell_back(card, access) {
-                self.refused(access, Flow::Invoke, Outcome::NoContext);
+        let (Some(flow), Some(card_id)) = (self.flow_for(card, context), card.id()) else {
+            if self.fell_back(card, context) {
+                self.refused(context, Flow::Invoke, Outcome::NoContext);
             } else {
-                tracing::debug!(conversation_id = %access.conversation_id, "OAuth card offers no enabled flow");
+                tracing::debug!(conversation_id = %context.conversation_id, "OAuth card offers no enabled flow");
             }
             return false;
         };
         if card_id.len() <= MAX_CARD_ID_BYTES
             && self
                 .decisions
-                .peek(&decisions::key(&access.conversation_id, card_id))
+                .peek(&decisions::key(&context.conversation_id, card_id))
                 == Some(true)
         {
             // Already exchanged: removing it again spends no credentials.
             return true;
         }
-        if let Some(refusal) = self.precondition(access, card, card_id) {
-            self.refused(access, flow, refusal);
+        if let Some(refusal) = self.precondition(context, card, card_id) {
+            self.refused(context, flow, refusal);
             return false;
         }
         let lead = match self
             .decisions
-            .begin(decisions::key(&access.conversation_id, card_id))
+            .begin(decisions::key(&context.conversation_id, card_id))
         {
             Begin::Decided(success) => return success,
             Begin::Wait(receiver) => {
@@ -296,21 +301,21 @@ impl Sso {
             }
             Begin::Lead(lead) => lead,
         };
-        let conversation = decisions::key(&access.conversation_id, "");
+        let conversation = decisions::key(&context.conversation_id, "");
         let Some(_slot) = self.in_flight.enter(conversation, budget) else {
             lead.abandon();
-            self.refused(access, flow, Outcome::OverLimit);
+            self.refused(context, flow, Outcome::OverLimit);
             return false;
         };
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.timeout, self.attempt(flow, access, card))
+        let outcome = tokio::time::timeout(self.timeout, self.attempt(flow, context, card))
             .await
             .unwrap_or(Outcome::Timeout);
         let elapsed = started.elapsed();
         self.metrics
             .sso_decision(flow.as_str(), outcome.as_str(), elapsed);
         tracing::info!(
-            conversation_id = %access.conversation_id,
+            conversation_id = %context.conversation_id,
             flow = flow.as_str(),
             outcome = outcome.as_str(),
             provider = self.provider.name(),
@@ -318,7 +323,7 @@ impl Sso {
             "sso decision"
         );
         let success = outcome == Outcome::Success;
-        if !success && outcome.sent_nothing() && self.fell_back(card, access) {
+        if !success && outcome.sent_nothing() && self.fell_back(card, context) {
             // Token post stood in for an invoke this stream could not make,
             // and no token went anywhere: that is no verdict on the card, a
             // poll or a stream with the conversation token may still
@@ -335,17 +340,22 @@ impl Sso {
     /// the id is too long to be a real card's, the requester is not the
     /// conversation's owner or not the user the card is for, or the card
     /// asks for a resource the provider may not mint tokens for.
-    fn precondition(&self, access: &Access, card: &OAuthCard, card_id: &str) -> Option<Outcome> {
+    fn precondition(
+        &self,
+        context: &ConversationContext,
+        card: &OAuthCard,
+        card_id: &str,
+    ) -> Option<Outcome> {
         if card_id.len() > MAX_CARD_ID_BYTES {
             return Some(Outcome::OverLimit);
         }
-        let recipient_is_requester = match &access.requester {
+        let recipient_is_requester = match &context.requester {
             Requester::Anonymous => true,
             Requester::Bound(requester) => {
                 requester.is_some() && requester.as_deref() == card.user_id.as_deref()
             }
         };
-        if !access.owner_matches || !recipient_is_requester {
+        if !context.owner_matches || !recipient_is_requester {
             return Some(Outcome::PrincipalMismatch);
         }
         let resource = card.exchange.as_ref().and_then(|e| e.uri.as_deref());
@@ -356,11 +366,11 @@ impl Sso {
     }
 
     /// Counts and logs a card that was not decided: it goes out unchanged.
-    fn refused(&self, access: &Access, flow: Flow, outcome: Outcome) {
+    fn refused(&self, context: &ConversationContext, flow: Flow, outcome: Outcome) {
         self.metrics
             .sso_decision(flow.as_str(), outcome.as_str(), Duration::ZERO);
         tracing::info!(
-            conversation_id = %access.conversation_id,
+            conversation_id = %context.conversation_id,
             flow = flow.as_str(),
             outcome = outcome.as_str(),
             provider = self.provider.name(),
@@ -370,26 +380,31 @@ impl Sso {
 
     /// Whether the invoke was enabled and offered but this stream lacks the
     /// conversation token, so another flow (or none) was used instead.
-    fn fell_back(&self, card: &OAuthCard, access: &Access) -> bool {
-        access.token.is_none() && self.flows.contains(&Flow::Invoke) && Flow::Invoke.fits(card)
+    fn fell_back(&self, card: &OAuthCard, context: &ConversationContext) -> bool {
+        context.token.is_none() && self.flows.contains(&Flow::Invoke) && Flow::Invoke.fits(card)
     }
 
     /// The first enabled flow the card offers and this stream can use: the
     /// invoke needs the conversation token (a stream without its sealed
     /// context falls back to token post).
-    fn flow_for(&self, card: &OAuthCard, access: &Access) -> Option<Flow> {
+    fn flow_for(&self, card: &OAuthCard, context: &ConversationContext) -> Option<Flow> {
         self.flows
             .iter()
             .copied()
-            .filter(|flow| *flow != Flow::Invoke || access.token.is_some())
+            .filter(|flow| *flow != Flow::Invoke || context.token.is_some())
             .find(|flow| flow.fits(card))
     }
 
-    async fn attempt(&self, flow: Flow, access: &Access, card: &OAuthCard) -> Outcome {
+    async fn attempt(
+        &self,
+        flow: Flow,
+        context: &ConversationContext,
+        card: &OAuthCard,
+    ) -> Outcome {
         let sas_url: Option<Uri> = card.sas_url.as_deref().and_then(|u| u.parse().ok());
         if flow == Flow::TokenPost && !sas_url.as_ref().is_some_and(|u| self.allow.permits(u)) {
             tracing::warn!(
-                conversation_id = %access.conversation_id,
+                conversation_id = %context.conversation_id,
                 host = sas_url.as_ref().and_then(Uri::host).unwrap_or("<unparsable>"),
                 "token post refused: sasUrl host is not in sso.token_post_allow_hosts"
             );
@@ -400,25 +415,25 @@ impl Sso {
         };
         let exchange = card.exchange.as_ref();
         let request = TokenRequest {
-            conversation_id: &access.conversation_id,
+            conversation_id: &context.conversation_id,
             user_id,
             connection_name: card.connection_name.as_deref().unwrap_or_default(),
             resource_uri: exchange.and_then(|e| e.uri.as_deref()),
             provider_id: exchange.and_then(|e| e.provider_id.as_deref()),
-            user_headers: &access.user_headers,
+            user_headers: &context.user_headers,
         };
         let token = match self.provider_token(&request).await {
             Ok(token) => token,
-            Err(error) => return provider_outcome(&access.conversation_id, &error),
+            Err(error) => return provider_outcome(&context.conversation_id, &error),
         };
         let result = match (flow, sas_url) {
             (Flow::TokenPost, Some(url)) => flows::token_post(&self.client, &url, &token).await,
             (Flow::Invoke, _) => {
-                let Some(conversation_token) = access.token.as_deref() else {
+                let Some(conversation_token) = context.token.as_deref() else {
                     return Outcome::NoContext;
                 };
                 let target = InvokeTarget {
-                    conversation_id: &access.conversation_id,
+                    conversation_id: &context.conversation_id,
                     conversation_token,
                     user_id,
                 };
@@ -433,7 +448,7 @@ impl Sso {
                     ExchangeError::Rejected(_) => "refused",
                     ExchangeError::Transport(_) => "failed",
                 };
-                tracing::info!(conversation_id = %access.conversation_id, %error, "token exchange {kind}");
+                tracing::info!(conversation_id = %context.conversation_id, %error, "token exchange {kind}");
                 Outcome::Rejected
             }
         }

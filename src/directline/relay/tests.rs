@@ -16,7 +16,7 @@ use crate::config::{ProviderKind, SsoConfig, StaticProviderConfig, UpstreamConfi
 use crate::directline::activity::OAUTH_CARD;
 use crate::metrics::Metrics;
 use crate::sso::decisions::{self, Begin, Decisions};
-use crate::sso::{Access, Requester, Sso};
+use crate::sso::{ConversationContext, Requester, Sso};
 use crate::upstream::Upstream;
 
 const CONVERSATION: &str = "conv-1";
@@ -63,21 +63,21 @@ fn sso_inspector() -> Inspector {
             .expect("SSO on");
         Arc::new(sso)
     });
-    let access = Access {
+    let context = ConversationContext {
         conversation_id: CONVERSATION.into(),
         token: Some("conversation-token".into()),
         user_headers: HeaderMap::new(),
         requester: Requester::Anonymous,
         owner_matches: true,
     };
-    Inspector::new(Some(sso.clone()), access)
+    Inspector::new(Some(sso.clone()), context)
 }
 
 struct Wires {
     client: DuplexStream,
     bot: DuplexStream,
     shutdown: CancellationToken,
-    relay: JoinHandle<Outcome>,
+    relay: JoinHandle<StreamEnd>,
 }
 
 fn start(inspector: Inspector, limits: FrameLimits) -> Wires {
@@ -317,7 +317,7 @@ async fn a_close_inside_a_fragmented_message_follows_its_fragments() {
         assert_eq!(read_exactly(&mut wires.client, bytes.len()).await, bytes);
         wires.client.shutdown().await.expect("end");
         drop(wires.client);
-        assert_eq!(wires.relay.await.expect("relay"), Outcome::UpstreamClosed);
+        assert_eq!(wires.relay.await.expect("relay"), StreamEnd::UpstreamClosed);
     }
 }
 
@@ -329,7 +329,7 @@ async fn an_oversized_frame_from_the_bot_is_closed_with_1009() {
     let got = read_to_end_after_close_echo(&mut wires.client).await;
     assert_eq!(close_code(&parse_frames(&got)), Some(1009));
     assert_eq!(parse_frames(&got).len(), 1, "nothing of the frame went on");
-    assert_eq!(wires.relay.await.expect("relay"), Outcome::TooBig);
+    assert_eq!(wires.relay.await.expect("relay"), StreamEnd::TooBig);
 }
 
 /// Reads the relay's frames to the client until its close, then lets the
@@ -367,7 +367,7 @@ async fn an_oversized_message_in_small_fragments_is_closed_with_1009() {
     let frames = parse_frames(&got);
     assert_eq!(frames.len(), 3, "two fragments, then the close");
     assert_eq!(close_code(&frames), Some(1009));
-    assert_eq!(wires.relay.await.expect("relay"), Outcome::TooBig);
+    assert_eq!(wires.relay.await.expect("relay"), StreamEnd::TooBig);
 }
 
 #[tokio::test]
@@ -392,7 +392,7 @@ async fn an_unmasked_client_frame_ends_the_stream_as_lost() {
     let got = read_to_end(&mut wires.bot).await;
     assert_eq!(close_code(&parse_frames(&got)), Some(1001));
     assert_eq!(parse_frames(&got).len(), 1);
-    assert_eq!(wires.relay.await.expect("relay"), Outcome::ClientLost);
+    assert_eq!(wires.relay.await.expect("relay"), StreamEnd::ClientLost);
 }
 
 #[tokio::test]
@@ -408,7 +408,7 @@ async fn a_bot_lost_mid_frame_gets_the_client_1011_and_no_partial_frame() {
     assert_eq!(frames[0], (Opcode::Text, b"whole".to_vec()));
     assert_eq!(close_code(&frames), Some(1011));
     assert_eq!(frames.len(), 2);
-    assert_eq!(wires.relay.await.expect("relay"), Outcome::UpstreamLost);
+    assert_eq!(wires.relay.await.expect("relay"), StreamEnd::UpstreamLost);
 }
 
 #[tokio::test]
@@ -422,7 +422,7 @@ async fn shutdown_sends_1001_both_ways() {
     assert_eq!(close_code(&parse_frames(&to_client)), Some(1001));
     let to_bot = read_exactly(&mut wires.bot, 2 + 4 + 2 + "proxy shutting down".len()).await;
     assert_eq!(close_code(&parse_frames(&to_bot)), Some(1001));
-    assert_eq!(wires.relay.await.expect("relay"), Outcome::Shutdown);
+    assert_eq!(wires.relay.await.expect("relay"), StreamEnd::Shutdown);
 }
 
 #[tokio::test]
