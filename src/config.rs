@@ -11,8 +11,23 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+pub mod token_post;
+
+/// Bytes of an `sso.seal_keys` key (AES-256).
+pub const SEAL_KEY_LEN: usize = 32;
+
+/// Decodes one `sso.seal_keys` entry; the error says what is allowed.
+pub fn decode_seal_key(text: &str) -> Result<[u8; SEAL_KEY_LEN], String> {
+    let allowed = "expected 32 random bytes in standard base64 (e.g. `openssl rand -base64 32`)";
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| allowed.to_string())?;
+    bytes.try_into().map_err(|_| allowed.to_string())
+}
 
 const PUBLIC_URL_SCHEMES: &[&str] = &["http", "https", "ws", "wss"];
 
@@ -499,7 +514,7 @@ impl SsoConfig {
         self.validate_flows()?;
         self.validate_allow_hosts()?;
         for key in &self.seal_keys {
-            crate::sso::seal::decode_key(key)
+            decode_seal_key(key)
                 .map_err(|allowed| ConfigError::invalid("sso.seal_keys", "<hidden>", allowed))?;
         }
         self.validate_provider_section()
@@ -518,7 +533,7 @@ impl SsoConfig {
 
     fn validate_allow_hosts(&self) -> Result<(), ConfigError> {
         for entry in &self.token_post_allow_hosts {
-            crate::sso::allow_list::validate_entry(entry).map_err(|allowed| {
+            token_post::validate_entry(entry).map_err(|allowed| {
                 ConfigError::invalid("sso.token_post_allow_hosts", entry, allowed)
             })?;
         }

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderMap;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hmac;
@@ -24,10 +24,11 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::config::SEAL_KEY_LEN as KEY_LEN;
+
 /// The query parameter carrying the sealed context.
 pub const PARAM: &str = "dlpx";
 const VERSION: u8 = 1;
-const KEY_LEN: usize = 32;
 /// Derives the fingerprint key from a sealing key, so one key never serves two purposes.
 const FINGERPRINT_LABEL: &[u8] = b"directline-proxy owner fingerprint v1";
 
@@ -90,15 +91,6 @@ struct Sealed {
     expires: u64,
 }
 
-/// Checks a configured key; the error says what is allowed.
-pub fn decode_key(text: &str) -> Result<[u8; KEY_LEN], String> {
-    let allowed = "expected 32 random bytes in standard base64 (e.g. `openssl rand -base64 32`)";
-    let bytes = STANDARD
-        .decode(text.trim())
-        .map_err(|_| allowed.to_string())?;
-    bytes.try_into().map_err(|_| allowed.to_string())
-}
-
 pub struct Sealer {
     keys: Vec<LessSafeKey>,
     /// One per sealing key, derived from it: fingerprints made with a key
@@ -115,7 +107,7 @@ impl Sealer {
         let rng = SystemRandom::new();
         let mut raw: Vec<[u8; KEY_LEN]> = configured
             .iter()
-            .map(|k| decode_key(k).map_err(|_| SealError::Malformed))
+            .map(|k| crate::config::decode_seal_key(k).map_err(|_| SealError::Malformed))
             .collect::<Result<_, _>>()?;
         if raw.is_empty() {
             raw.push(process_key(&rng)?);
@@ -265,6 +257,8 @@ fn now_secs() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use base64::engine::general_purpose::STANDARD;
+
     use super::*;
 
     const HOUR: Duration = Duration::from_secs(3600);
@@ -403,8 +397,8 @@ mod tests {
 
     #[test]
     fn key_must_be_32_bytes_of_base64() {
-        assert!(decode_key(&key(3)).is_ok());
-        assert!(decode_key("c2hvcnQ=").is_err());
-        assert!(decode_key("not base64!").is_err());
+        assert!(crate::config::decode_seal_key(&key(3)).is_ok());
+        assert!(crate::config::decode_seal_key("c2hvcnQ=").is_err());
+        assert!(crate::config::decode_seal_key("not base64!").is_err());
     }
 }
