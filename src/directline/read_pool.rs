@@ -38,8 +38,12 @@ pub fn give(mut buffer: BytesMut, capacity: usize) {
     LENT.with(|lent| lent.set(lent.get().saturating_sub(1)));
     buffer.clear();
     // `reserve` on an empty, unshared buffer reclaims its whole allocation
-    // without copying; a shared one would allocate anew, so check first.
+    // without copying; a shared one would allocate anew, so check first. A
+    // buffer grown for a large frame is not kept.
     if buffer.capacity() < capacity && !buffer.try_reclaim(capacity) {
+        return;
+    }
+    if buffer.capacity() > 2 * capacity {
         return;
     }
     POOL.with(|pool| {

@@ -36,6 +36,8 @@ use crate::metrics::RelayCounters;
 const GOING_AWAY: u16 = 1001;
 const INTERNAL_ERROR: u16 = 1011;
 const MESSAGE_TOO_BIG: u16 = 1009;
+/// Smallest step by which a partial frame's buffer grows.
+const MIN_GROWTH: usize = 512;
 
 pub struct RelaySettings {
     /// How long the second half of a close handshake may take.
@@ -261,8 +263,6 @@ struct Half {
     pooled: bool,
     /// Bytes at the start of `buffer` already parsed into frames.
     parsed: usize,
-    /// Length of the partial frame at `parsed`, once its header is known.
-    wanted: usize,
     out: VecDeque<Out>,
     open: Option<OpenMessage>,
     held: Option<Held>,
@@ -281,7 +281,6 @@ impl Half {
             buffer: BytesMut::new(),
             pooled: false,
             parsed: 0,
-            wanted: 0,
             out: VecDeque::new(),
             open: None,
             held: None,
@@ -406,35 +405,30 @@ impl Half {
         }
     }
 
-    /// Drops the relayed bytes and makes room for a read: a lent chunk, or
-    /// for a frame larger than a chunk, a buffer of its size.
+    /// Drops the relayed bytes and makes room for a read. Without a partial
+    /// frame: a lent chunk. With one, the buffer grows with the bytes that
+    /// arrived (about doubling, at most a chunk at a time), never with the length
+    /// a header announces: a few bytes claiming a 2 MiB frame get no 2 MiB
+    /// buffer, and a frame trickled a byte at a time is copied a logarithmic
+    /// number of times, not once per byte.
     fn make_room(&mut self) {
         let chunk = self.chunk;
         self.buffer.advance(self.parsed);
         self.parsed = 0;
-        let needed = self.wanted.max(chunk);
-        if self.wanted > chunk {
-            self.release_to_own_buffer(needed);
-        } else if !self.pooled {
-            let mut lent = read_pool::take(chunk);
-            lent.extend_from_slice(&self.buffer);
-            self.buffer = lent;
-            self.pooled = true;
-        } else if self.buffer.capacity() < needed {
-            self.buffer.reserve(needed - self.buffer.len());
-        }
-    }
-
-    /// Moves the partial frame into a buffer of exactly `size` bytes that
-    /// is not the pool's.
-    fn release_to_own_buffer(&mut self, size: usize) {
-        if !self.pooled && self.buffer.capacity() >= size {
+        if self.buffer.is_empty() {
+            if !self.pooled {
+                self.buffer = read_pool::take(chunk);
+                self.pooled = true;
+            } else if self.buffer.capacity() < chunk {
+                // Empty and unshared: reclaims the whole allocation in place.
+                self.buffer.reserve(chunk);
+            }
             return;
         }
-        let mut own = BytesMut::with_capacity(size);
-        own.extend_from_slice(&self.buffer);
-        self.release_buffer();
-        self.buffer = own;
+        let growth = self.buffer.len().clamp(MIN_GROWTH.min(chunk), chunk);
+        if self.buffer.capacity() - self.buffer.len() < growth {
+            self.buffer.reserve(growth);
+        }
     }
 
     /// While waiting for the source, keep only a partial frame's bytes.
@@ -465,10 +459,7 @@ impl Half {
             let rest = &self.buffer[self.parsed..];
             let header = match Header::parse(rest) {
                 Ok(Some(header)) => header,
-                Ok(None) => {
-                    self.wanted = 0;
-                    break false;
-                }
+                Ok(None) => break false,
                 Err(error) => {
                     self.push_run(run_start, self.parsed);
                     self.refuse(Refusal::Broken(error));
@@ -482,12 +473,10 @@ impl Half {
             }
             let frame_len = header.frame_len() as usize;
             if rest.len() < frame_len {
-                self.wanted = frame_len;
                 break false;
             }
             let frame_start = self.parsed;
             self.parsed += frame_len;
-            self.wanted = 0;
             if header.opcode != Opcode::Close {
                 frames += 1;
                 payload_bytes += header.payload_len;

@@ -2,6 +2,7 @@
 //! chunking, the card path, limits, protocol breaks, and idle memory.
 
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -504,4 +505,58 @@ proptest! {
         });
         prop_assert_eq!(got, sequence);
     }
+}
+
+/// Polls one direction once, as the relay's task would on a wake-up.
+async fn poll_once(
+    half: &mut Half,
+    source: &mut DuplexStream,
+    destination: &mut DuplexStream,
+    settings: &RelaySettings,
+) {
+    std::future::poll_fn(|cx| {
+        let _ = half.poll(cx, source, destination, settings);
+        Poll::Ready(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_partial_frame_is_held_in_a_buffer_the_size_of_what_arrived() {
+    // A client announces a 1 MB frame and trickles it a byte at a time: the
+    // buffer follows what arrived, not what the header claims.
+    let settings = RelaySettings {
+        close_timeout: Duration::from_secs(1),
+        shutdown: CancellationToken::new(),
+        inspector: Inspector::default(),
+        counters: Metrics::new().relay_counters(),
+        limits: FrameLimits {
+            max_frame_bytes: 2 * 1024 * 1024,
+            max_message_bytes: 2 * 1024 * 1024,
+            read_chunk_bytes: 16 * 1024,
+        },
+    };
+    let (mut client, mut source) = tokio::io::duplex(64 * 1024);
+    let (mut destination, _bot) = tokio::io::duplex(64 * 1024);
+    let mut half = Half::new(Direction::ToUpstream, settings.limits.read_chunk_bytes);
+    let frame = frame::encode(Opcode::Binary, &[7u8; 1_000_000], Some([1, 2, 3, 4]));
+    client.write_all(&frame[..14]).await.expect("write");
+    poll_once(&mut half, &mut source, &mut destination, &settings).await;
+    assert!(half.buffer.capacity() < 1024, "{}", half.buffer.capacity());
+    assert_eq!(read_pool::lent(), 0);
+    for sent in 1..=3000 {
+        client
+            .write_all(&frame[13 + sent..14 + sent])
+            .await
+            .expect("write");
+        poll_once(&mut half, &mut source, &mut destination, &settings).await;
+    }
+    let held = 14 + 3000;
+    assert_eq!(half.buffer.len(), held);
+    assert!(
+        half.buffer.capacity() <= 4 * held,
+        "{} bytes of capacity for {held} bytes",
+        half.buffer.capacity()
+    );
+    assert_eq!(read_pool::lent(), 0);
 }
