@@ -278,6 +278,24 @@ fn free_port() -> Result<u16, BoxError> {
         .port())
 }
 
+/// A hop just spawned on `port`, once it accepts connections.
+fn listening_hop(
+    name: &'static str,
+    port: u16,
+    process: Process,
+    log: PathBuf,
+) -> Result<Hop, BoxError> {
+    let mut hop = Hop {
+        name,
+        base: format!("http://127.0.0.1:{port}"),
+        process: Some(process),
+        log: Some(log),
+        start: None,
+    };
+    wait_listening(&mut hop)?;
+    Ok(hop)
+}
+
 fn wait_listening(hop: &mut Hop) -> Result<(), BoxError> {
     let addr = hop.base.trim_start_matches("http://").to_string();
     for _ in 0..200 {
@@ -359,15 +377,7 @@ forward_headers = ["cookie"]
             .stdout(file.try_clone()?)
             .stderr(file),
     )?;
-    let mut hop = Hop {
-        name,
-        base: format!("http://127.0.0.1:{port}"),
-        process: Some(process),
-        log: Some(log),
-        start: None,
-    };
-    wait_listening(&mut hop)?;
-    Ok(hop)
+    listening_hop(name, port, process, log)
 }
 
 /// nginx as WebSocket and HTTP/1.1 keep-alive reverse proxy: a worker per
@@ -429,15 +439,7 @@ http {{
             .stdout(Stdio::null())
             .stderr(file),
     )?;
-    let mut hop = Hop {
-        name: "nginx",
-        base: format!("http://127.0.0.1:{port}"),
-        process: Some(process),
-        log: Some(log),
-        start: None,
-    };
-    wait_listening(&mut hop)?;
-    Ok(hop)
+    listening_hop("nginx", port, process, log)
 }
 
 /// A finished run of one workload against one hop.

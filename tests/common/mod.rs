@@ -204,6 +204,20 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The whole response, its body decoded as the client asked.
+    async fn read(response: http::Response<hyper::body::Incoming>) -> Reply {
+        let (parts, body) = response.into_parts();
+        let body = decoded(
+            &parts.headers,
+            body.collect().await.expect("body").to_bytes(),
+        );
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
@@ -256,16 +270,7 @@ impl Http {
             .await
             .expect("response in time")
             .expect("response");
-        let (parts, body) = response.into_parts();
-        let body = decoded(
-            &parts.headers,
-            body.collect().await.expect("body").to_bytes(),
-        );
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
+        Reply::read(response).await
     }
 
     pub async fn get(&self, url: &str, token: &str) -> Reply {
@@ -383,16 +388,7 @@ impl H2 {
             .expect("response in time")
             .expect("response");
         assert_eq!(response.version(), http::Version::HTTP_2);
-        let (parts, body) = response.into_parts();
-        let body = decoded(
-            &parts.headers,
-            body.collect().await.expect("body").to_bytes(),
-        );
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
+        Reply::read(response).await
     }
 }
 
