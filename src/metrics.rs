@@ -220,7 +220,7 @@ impl Metrics {
         );
         r.register(
             "websocket_frames",
-            "WebSocket messages relayed, by direction (to_client, to_bot)",
+            "WebSocket frames relayed (data, continuation, ping, pong; not close), by direction (to_client, to_bot)",
             self.frames.clone(),
         );
         r.register_with_unit(

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::config::{ProviderKind, SsoConfig, StaticProviderConfig, UpstreamConfig};
 use crate::directline::activity::OAUTH_CARD;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RelayCounters};
 use crate::sso::decisions::{self, Begin, Decisions};
 use crate::sso::{ConversationContext, Requester, Sso};
 use crate::upstream::Upstream;
@@ -82,6 +82,10 @@ struct Wires {
 }
 
 fn start(inspector: Inspector, limits: FrameLimits) -> Wires {
+    start_counted(inspector, limits, Metrics::new().relay_counters())
+}
+
+fn start_counted(inspector: Inspector, limits: FrameLimits, counters: RelayCounters) -> Wires {
     let (client_end, client) = tokio::io::duplex(64 * 1024);
     let (bot_end, bot) = tokio::io::duplex(64 * 1024);
     let shutdown = CancellationToken::new();
@@ -89,7 +93,7 @@ fn start(inspector: Inspector, limits: FrameLimits) -> Wires {
         close_timeout: Duration::from_secs(1),
         shutdown: shutdown.clone(),
         inspector,
-        counters: Metrics::new().relay_counters(),
+        counters,
         limits,
     };
     let relay = tokio::spawn(run(client_end, bot_end, settings));
@@ -193,6 +197,20 @@ async fn every_split_point_of_bot_frames_arrives_byte_identical() {
             assert_eq!(got, sequence, "split at {split}, chunk {chunk}");
         }
     }
+}
+
+#[tokio::test]
+async fn frames_and_their_payload_bytes_are_counted_closes_not() {
+    let metrics = Metrics::new();
+    let mut wires = start_counted(Inspector::default(), limits(7), metrics.relay_counters());
+    let sequence = bot_sequence();
+    write_split(&mut wires.bot, &sequence, &[]).await;
+    read_exactly(&mut wires.client, sequence.len()).await;
+    let counters = metrics.relay_counters();
+    // Two texts, a fragmented binary (2 frames), a ping and a pong.
+    assert_eq!(counters.frames_to_client.get(), 6);
+    let payloads = r#"{"activities":[{"type":"typing"}]}"#.len() + 300 + 3 + 4 + 2;
+    assert_eq!(counters.bytes_to_client.get(), payloads as u64);
 }
 
 #[tokio::test]
