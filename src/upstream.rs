@@ -1,5 +1,9 @@
-//! The pooled client to Direct Line and the mapping of its failures to
-//! Direct Line-shaped errors.
+//! The clients to Direct Line and the mapping of their failures to Direct
+//! Line-shaped errors.
+
+mod connections;
+
+pub use connections::UpstreamBody;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +21,7 @@ use crate::body::ProxyBody;
 use crate::config::{ConfigError, UpstreamConfig};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::tls::{self, TlsError};
+use connections::{Connections, SendError};
 
 #[derive(Debug, Error)]
 pub enum UpstreamSetupError {
@@ -52,9 +57,12 @@ impl UpstreamError {
 /// outgoing call with: upstream, token post, providers.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
-/// Direct Line behind one base URL, with a pooled HTTP/1.1 client.
+/// Direct Line behind one base URL: REST calls on connections driven by the
+/// calling task, stream upgrades and calls to other hosts on the pooled
+/// client.
 pub struct Upstream {
     client: HttpClient,
+    connections: Arc<Connections>,
     base: Uri,
     request_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -76,6 +84,12 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        let connections = Arc::new(Connections::new(
+            connector.clone(),
+            origin_of(&base),
+            config.pool_max_idle_per_host,
+            config.pool_idle_timeout(),
+        ));
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -84,6 +98,7 @@ impl Upstream {
             .build(connector);
         Ok(Upstream {
             client,
+            connections,
             base,
             request_timeout: config.request_timeout(),
             metrics,
@@ -128,17 +143,46 @@ impl Upstream {
         &self,
         request: Request<ProxyBody>,
         route: &'static str,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let sent = self.connections.send(request);
+        self.timed(route, async {
+            sent.await.map_err(|error| match error {
+                SendError::Connect(error) => UpstreamError::Unreachable(error_chain(&*error)),
+                SendError::Http(error) => UpstreamError::Failed(error_chain(&error)),
+            })
+        })
+        .await
+    }
+
+    /// [`Upstream::send`] for a request that upgrades the connection (the
+    /// stream): the pooled client hands the upgraded connection over.
+    pub async fn send_upgrade(
+        &self,
+        request: Request<ProxyBody>,
+        route: &'static str,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let started = Instant::now();
-        let result =
-            match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
-                Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(error)) if error.is_connect() => {
-                    Err(UpstreamError::Unreachable(error_chain(&error)))
+        let sent = self.client.request(request);
+        self.timed(route, async {
+            sent.await.map_err(|error| {
+                if error.is_connect() {
+                    UpstreamError::Unreachable(error_chain(&error))
+                } else {
+                    UpstreamError::Failed(error_chain(&error))
                 }
-                Ok(Err(error)) => Err(UpstreamError::Failed(error_chain(&error))),
-            };
+            })
+        })
+        .await
+    }
+
+    async fn timed<B>(
+        &self,
+        route: &'static str,
+        sent: impl Future<Output = Result<Response<B>, UpstreamError>>,
+    ) -> Result<Response<B>, UpstreamError> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.request_timeout, sent)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout(self.request_timeout)));
         let status = result.as_ref().ok().map(Response::status);
         let timed_out = matches!(result, Err(UpstreamError::Timeout(_)));
         self.metrics
@@ -148,6 +192,13 @@ impl Upstream {
         }
         result
     }
+}
+
+/// Scheme and authority only: what a connection is opened to.
+fn origin_of(base: &Uri) -> Uri {
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
 }
 
 /// The error and its sources in one line; hyper's top-level messages alone

@@ -19,7 +19,7 @@ use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::ErrorKind;
 use crate::proxy::{Policy, Shared};
 use crate::sso::{ConversationContext, Requester, Sso, seal};
-use crate::upstream::UpstreamError;
+use crate::upstream::{UpstreamBody, UpstreamError};
 
 /// What happens to the upstream's answer.
 enum Treatment {
@@ -179,7 +179,7 @@ fn upstream_request(
     Ok(Request::from_parts(parts, body))
 }
 
-async fn read_whole(shared: &Shared, body: Incoming) -> Result<Bytes, Response<ProxyBody>> {
+async fn read_whole(shared: &Shared, body: UpstreamBody) -> Result<Bytes, Response<ProxyBody>> {
     let limit = shared.config.limits.max_rewrite_body_bytes;
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),

@@ -93,7 +93,11 @@ pub async fn upgrade(
         Ok(req) => req,
         Err(error) => return ProxyError::from(error).into_response(),
     };
-    let mut upstream_response = match shared.upstream.send(upstream_request, "stream").await {
+    let mut upstream_response = match shared
+        .upstream
+        .send_upgrade(upstream_request, "stream")
+        .await
+    {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(%error, "upstream WebSocket handshake failed");
