@@ -144,7 +144,8 @@ impl Upstream {
         request: Request<ProxyBody>,
         route: &'static str,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let sent = self.connections.send(request);
+        // Boxed, so the caller's future does not carry the exchange's state.
+        let sent = Box::pin(self.connections.send(request));
         self.timed(route, async {
             sent.await.map_err(|error| match error {
                 SendError::Connect(error) => UpstreamError::Unreachable(error_chain(&*error)),

@@ -52,7 +52,7 @@ pub struct Connections {
     origin: Uri,
     /// The `Host` a request gets when it has none.
     host: Option<HeaderValue>,
-    idle: Mutex<VecDeque<Connection>>,
+    idle: Mutex<VecDeque<Box<Connection>>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -114,7 +114,9 @@ impl Connections {
         *request.uri_mut() = Uri::from(target);
     }
 
-    async fn connect(&self) -> Result<Connection, SendError> {
+    /// Boxed: hyper's connection state is several kilobytes, and the
+    /// futures that hold it are moved whole more than once per request.
+    async fn connect(&self) -> Result<Box<Connection>, SendError> {
         let mut connector = self.connector.clone();
         poll_fn(|cx| connector.poll_ready(cx))
             .await
@@ -124,18 +126,18 @@ impl Connections {
             .await
             .map_err(SendError::Connect)?;
         let (sender, driver) = http1::Builder::new().handshake(io).await?;
-        Ok(Connection {
+        Ok(Box::new(Connection {
             sender,
             driver,
             closed: false,
             idle_since: Instant::now(),
-        })
+        }))
     }
 
     fn attach(
         self: &Arc<Self>,
         response: Response<Incoming>,
-        connection: Connection,
+        connection: Box<Connection>,
     ) -> Response<UpstreamBody> {
         response.map(|body| {
             let mut body = UpstreamBody {
@@ -152,7 +154,7 @@ impl Connections {
         })
     }
 
-    fn take_idle(&self) -> Option<Connection> {
+    fn take_idle(&self) -> Option<Box<Connection>> {
         loop {
             let mut connection = self.lock().pop_back()?;
             if connection.idle_since.elapsed() < self.idle_timeout && connection.is_usable() {
@@ -161,7 +163,7 @@ impl Connections {
         }
     }
 
-    fn put(&self, mut connection: Connection) {
+    fn put(&self, mut connection: Box<Connection>) {
         connection.idle_since = Instant::now();
         let mut idle = self.lock();
         while idle
@@ -176,7 +178,7 @@ impl Connections {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Connection>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Box<Connection>>> {
         // A panic elsewhere cannot leave the queue half-updated.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -254,7 +256,7 @@ impl Connection {
 /// is closed with it.
 pub struct UpstreamBody {
     body: Incoming,
-    connection: Option<Connection>,
+    connection: Option<Box<Connection>>,
     home: Arc<Connections>,
 }
 
