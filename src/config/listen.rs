@@ -13,6 +13,7 @@ use super::{ConfigError, value};
 #[derive(Debug, Clone, SmartDefault, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
+    /// Socket address to bind.
     #[default(SocketAddr::from(([127, 0, 0, 1], 8080)))]
     #[serde(deserialize_with = "value::socket_addr")]
     pub addr: SocketAddr,

@@ -131,7 +131,9 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what parsing cannot: list entries and key combinations.
+    /// Checks what parsing cannot: list entries and key combinations. A
+    /// config built in code (tests, `demo`) is trusted with the ranges that
+    /// parsing enforces; its addresses and URLs are typed already.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen.validate()?;
         self.websocket.validate()?;
