@@ -25,8 +25,11 @@ const DEMO_USER_TOKEN: &str = "demo-user-token";
 /// `sso` is false, a static provider whose token the emulator's bot accepts.
 pub fn config(listen: SocketAddr, emulator: &Emulator, sso: bool) -> Config {
     let mut config = Config::default();
-    config.listen.addr = listen.to_string();
-    config.upstream.url = emulator.base_url();
+    config.listen.addr = listen;
+    config.upstream.url = emulator
+        .base_url()
+        .parse()
+        .expect("http:// and a socket address is a URL");
     if sso {
         config.sso.provider = ProviderKind::Static;
         config.sso.static_token = Some(StaticProviderConfig {

@@ -135,7 +135,7 @@ impl RunningProxy {
 }
 
 async fn bind_admin(config: &Config) -> Result<Option<TcpListener>, StartError> {
-    let Some(addr) = config.admin.socket_addr()? else {
+    let Some(addr) = config.admin.addr else {
         return Ok(None);
     };
     TcpListener::bind(addr)
@@ -147,7 +147,7 @@ async fn bind_admin(config: &Config) -> Result<Option<TcpListener>, StartError> 
 /// Validates `config`, binds the listener and starts serving.
 pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     config.validate()?;
-    let addr = config.listen.socket_addr()?;
+    let addr = config.listen.addr;
     let tls = match (&config.listen.tls_cert, &config.listen.tls_key) {
         (Some(cert), Some(key)) => {
             Some(TlsAcceptor::from(Arc::new(tls::server_config(cert, key)?)))
@@ -159,7 +159,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     let metrics = Arc::new(Metrics::new());
     let upstream = Arc::new(Upstream::new(&config.upstream, metrics.clone())?);
     let decisions = Arc::new(Decisions::new(
-        config.sso.decision_ttl(),
+        config.sso.decision_ttl,
         config.sso.decision_capacity,
     ));
     let sso = Sso::new(
@@ -171,7 +171,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     .map(Arc::new);
     let configured_public_base = config
         .listen
-        .public_base()?
+        .public_url
         .as_ref()
         .and_then(PublicBase::from_config);
     for warning in config.warnings() {

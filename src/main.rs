@@ -174,7 +174,7 @@ async fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let watch_interval = config.reload.watch_interval();
+    let watch_interval = config.reload.watch_interval;
     let proxy = match directline_proxy::start(config).await {
         Ok(proxy) => proxy,
         Err(error) => {

@@ -191,8 +191,8 @@ fn warn_about_fixed_sections(current: &Config, new: &Config) {
         ),
         (
             "sso.decision_ttl_secs/decision_capacity",
-            (current.sso.decision_ttl_secs, current.sso.decision_capacity)
-                != (new.sso.decision_ttl_secs, new.sso.decision_capacity),
+            (current.sso.decision_ttl, current.sso.decision_capacity)
+                != (new.sso.decision_ttl, new.sso.decision_capacity),
         ),
     ];
     for (section, _) in changed.iter().filter(|(_, changed)| *changed) {

@@ -18,15 +18,13 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use thiserror::Error;
 
 use crate::body::ProxyBody;
-use crate::config::{ConfigError, UpstreamConfig};
+use crate::config::UpstreamConfig;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::tls::{self, TlsError};
 use connections::{Connections, SendError};
 
 #[derive(Debug, Error)]
 pub enum UpstreamSetupError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     #[error("upstream TLS: {0}")]
     Tls(#[from] TlsError),
 }
@@ -73,11 +71,11 @@ impl Upstream {
         config: &UpstreamConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Upstream, UpstreamSetupError> {
-        let base = config.base()?;
+        let base = config.url.clone();
         let tls = tls::client_config(config.ca_file.as_deref())?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
-        http.set_connect_timeout(Some(config.connect_timeout()));
+        http.set_connect_timeout(Some(config.connect_timeout));
         http.set_nodelay(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
@@ -88,19 +86,19 @@ impl Upstream {
             connector.clone(),
             origin_of(&base),
             config.pool_max_idle_per_host,
-            config.pool_idle_timeout(),
+            config.pool_idle_timeout,
         ));
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout())
+            .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .build(connector);
         Ok(Upstream {
             client,
             connections,
             base,
-            request_timeout: config.request_timeout(),
+            request_timeout: config.request_timeout,
             metrics,
         })
     }

@@ -80,7 +80,8 @@ async fn logs_of_a_full_conversation_contain_no_token_or_secret() {
         c.sso.static_token = Some(StaticProviderConfig {
             token: USER_TOKEN.into(),
         });
-        let sas = format!("{}/sas/", c.upstream.url);
+        let upstream = c.upstream.url.to_string();
+        let sas = format!("{}/sas/", upstream.trim_end_matches('/'));
         c.sso.token_post_allow_hosts.push(sas);
         // The proxy also holds the secret and binds tokens to the user.
         c.directline.secret_file = Some(common::scratch_file("logs-secret", "emulator-secret\n"));

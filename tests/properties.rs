@@ -421,7 +421,7 @@ fn sso_inspector() -> Inspector {
     .expect("config");
     let metrics = Arc::new(Metrics::new());
     let upstream = Arc::new(Upstream::new(&config.upstream, metrics.clone()).expect("upstream"));
-    let decisions = Arc::new(Decisions::new(config.sso.decision_ttl(), 16));
+    let decisions = Arc::new(Decisions::new(config.sso.decision_ttl, 16));
     let sso = Sso::new(&config.sso, upstream, metrics, decisions)
         .expect("sso")
         .expect("sso on");

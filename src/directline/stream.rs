@@ -218,7 +218,7 @@ fn spawn_relay(
     inspector: Inspector,
 ) {
     let settings = relay::RelaySettings {
-        close_timeout: shared.config.websocket.close_timeout(),
+        close_timeout: shared.config.websocket.close_timeout,
         shutdown: shared.shutdown.clone(),
         inspector,
         counters: shared.metrics.relay_counters(),

@@ -118,7 +118,7 @@ impl Sso {
             require_owner: config.require_owner,
             in_flight: InFlight::default(),
             markers: Markers::default(),
-            timeout: config.timeout(),
+            timeout: config.timeout,
             client: upstream.client(),
             upstream,
             provider,

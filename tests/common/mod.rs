@@ -105,12 +105,12 @@ pub async fn dead_address() -> String {
 /// A proxy config for tests: port 0, the given upstream, short timeouts.
 pub fn proxy_config(upstream: &str) -> Config {
     let mut config = Config::default();
-    config.listen.addr = "127.0.0.1:0".into();
-    config.listen.drain_timeout_ms = 5_000;
-    config.upstream.url = upstream.into();
-    config.upstream.connect_timeout_ms = 2_000;
-    config.upstream.request_timeout_ms = 10_000;
-    config.websocket.close_timeout_ms = 2_000;
+    config.listen.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.listen.drain_timeout = Duration::from_secs(5);
+    config.upstream.url = upstream.parse().expect("the upstream's URL");
+    config.upstream.connect_timeout = Duration::from_secs(2);
+    config.upstream.request_timeout = Duration::from_secs(10);
+    config.websocket.close_timeout = Duration::from_secs(2);
     config
 }
 

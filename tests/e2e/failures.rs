@@ -17,7 +17,7 @@ async fn proxy_in_front_of(
     request_timeout_ms: u64,
 ) -> directline_proxy::RunningProxy {
     let mut config = proxy_config(upstream);
-    config.upstream.request_timeout_ms = request_timeout_ms;
+    config.upstream.request_timeout = Duration::from_millis(request_timeout_ms);
     directline_proxy::start(config).await.expect("proxy starts")
 }
 

@@ -27,8 +27,8 @@ async fn stack_with(adjust: impl FnOnce(&mut Config)) -> Stack {
 }
 
 fn short_deadlines(config: &mut Config) {
-    config.listen.header_read_timeout_ms = 300;
-    config.listen.idle_timeout_ms = 300;
+    config.listen.header_read_timeout = Duration::from_millis(300);
+    config.listen.idle_timeout = Duration::from_millis(300);
 }
 
 /// Reads until the peer closes; fails the test if it does not within WAIT.
@@ -163,7 +163,7 @@ async fn over_the_connection_limit_a_client_gets_503_at_once_and_the_loop_goes_o
 async fn probes_answer_on_the_admin_listener_while_the_public_one_is_full() {
     let stack = stack_with(|c| {
         c.listen.max_connections = 2;
-        c.admin.addr = Some("127.0.0.1:0".into());
+        c.admin.addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     })
     .await;
     let addr = stack.proxy.local_addr();
@@ -186,7 +186,7 @@ async fn probes_answer_on_the_admin_listener_while_the_public_one_is_full() {
 
 #[tokio::test]
 async fn with_an_admin_listener_the_public_one_serves_no_metrics_or_probes() {
-    let stack = stack_with(|c| c.admin.addr = Some("127.0.0.1:0".into())).await;
+    let stack = stack_with(|c| c.admin.addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)))).await;
     for path in ["/healthz", "/readyz", "/metrics"] {
         let reply = stack
             .http

@@ -2,6 +2,8 @@
 //! accepted, readiness says 503 on the admin listener, WebSockets get 1001,
 //! and a second signal exits at once.
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 use directline_proxy::RunningProxy;
 use directline_proxy::config::Config;
@@ -91,7 +93,8 @@ async fn shutdown_finishes_an_in_flight_request_and_accepts_no_new_connection() 
 /// sees the replica leave (503) while liveness still holds.
 #[tokio::test]
 async fn readyz_on_the_admin_listener_says_503_while_a_request_drains() {
-    let held = HeldRequest::start(|c| c.admin.addr = Some("127.0.0.1:0".into())).await;
+    let held =
+        HeldRequest::start(|c| c.admin.addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)))).await;
     let admin = format!(
         "http://{}",
         held.proxy.admin_addr().expect("admin listener")

@@ -31,7 +31,8 @@ pub const PAGE_ORIGIN: &str = "https://chat.contoso.test";
 
 /// The emulator's token-post endpoints (plain http on loopback, its port).
 pub fn allow_emulator_token_post(config: &mut Config) {
-    let sas = format!("{}/sas/", config.upstream.url);
+    let upstream = config.upstream.url.to_string();
+    let sas = format!("{}/sas/", upstream.trim_end_matches('/'));
     config.sso.token_post_allow_hosts.push(sas);
 }
 
@@ -47,7 +48,7 @@ pub fn static_provider(config: &mut Config, token: &str) {
 pub fn http_provider(config: &mut Config, url: String) {
     config.sso.provider = ProviderKind::Http;
     config.sso.http = Some(HttpProviderConfig {
-        url,
+        url: url.parse().expect("the provider's URL"),
         forward_headers: vec!["cookie".into()],
     });
     config.listen.allowed_origins = vec![PAGE_ORIGIN.into()];
@@ -293,7 +294,7 @@ async fn a_token_the_bot_rejects_with_412_keeps_the_card_and_the_conversation_go
 async fn card_survives_provider(provider_url: String, sso_timeout_ms: u64) -> Stack {
     let stack = sso_stack(|c| {
         http_provider(c, provider_url);
-        c.sso.timeout_ms = sso_timeout_ms;
+        c.sso.timeout = Duration::from_millis(sso_timeout_ms);
     })
     .await;
     let conv = stack.start_conversation().await;
@@ -489,7 +490,7 @@ async fn frames_after_a_card_wait_for_its_decision_and_keep_their_order() {
         Endpoint::gated(|_| (StatusCode::UNAUTHORIZED, "{}".to_string())).await;
     let stack = sso_stack(|c| {
         http_provider(c, provider.url("/held"));
-        c.sso.timeout_ms = 60_000;
+        c.sso.timeout = Duration::from_secs(60);
     })
     .await;
     let conv = stack.start_conversation().await;
@@ -548,7 +549,7 @@ async fn the_client_to_bot_direction_never_waits_for_a_decision() {
         Endpoint::gated(|_| (StatusCode::OK, json!({"token": USER_TOKEN}).to_string())).await;
     let stack = sso_stack(|c| {
         http_provider(c, provider.url("/held"));
-        c.sso.timeout_ms = 60_000;
+        c.sso.timeout = Duration::from_secs(60);
     })
     .await;
     let conv = stack.start_conversation().await;
@@ -700,7 +701,7 @@ async fn oauth2_stack(grant: Grant, token_endpoint: &Endpoint, secret_var: &str)
     sso_stack(move |c| {
         c.sso.provider = ProviderKind::Oauth2;
         c.sso.oauth2 = Some(OAuth2ProviderConfig {
-            token_url: url,
+            token_url: url.parse().expect("the token endpoint's URL"),
             grant,
             client_id: "proxy-client".into(),
             client_secret_env: None,
@@ -985,7 +986,7 @@ async fn messages_before_a_card_are_not_held_back_by_its_decision() {
         Endpoint::gated(|_| (StatusCode::OK, json!({"token": USER_TOKEN}).to_string())).await;
     let stack = sso_stack(|c| {
         http_provider(c, provider.url("/held"));
-        c.sso.timeout_ms = 60_000;
+        c.sso.timeout = Duration::from_secs(60);
     })
     .await;
     let conv = stack.start_conversation().await;

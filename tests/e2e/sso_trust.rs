@@ -55,7 +55,7 @@ async fn auth_api() -> Endpoint {
 fn cookie_sso(config: &mut Config, auth_url: String) {
     config.sso.provider = ProviderKind::Http;
     config.sso.http = Some(HttpProviderConfig {
-        url: auth_url,
+        url: auth_url.parse().expect("the auth API's URL"),
         forward_headers: vec!["cookie".into()],
     });
     config.listen.allowed_origins = vec![PAGE_ORIGIN.into()];
@@ -63,7 +63,7 @@ fn cookie_sso(config: &mut Config, auth_url: String) {
     let secret = crate::common::scratch_file(
         &format!(
             "trust-secret-{}",
-            config.upstream.url.replace([':', '/'], "_")
+            config.upstream.url.to_string().replace([':', '/'], "_")
         ),
         "emulator-secret\n",
     );
@@ -484,7 +484,7 @@ async fn a_forged_card_cannot_choose_the_audience_of_an_oauth2_exchange() {
     let stack = trust_stack(|c| {
         c.sso.provider = ProviderKind::Oauth2;
         c.sso.oauth2 = Some(OAuth2ProviderConfig {
-            token_url: url,
+            token_url: url.parse().expect("the token endpoint's URL"),
             grant: Grant::OnBehalfOf,
             client_id: "proxy-client".into(),
             client_secret_env: None,
@@ -608,7 +608,7 @@ async fn a_conversation_runs_only_a_few_decisions_at_once_across_its_polls() {
     let stack = trust_stack(|c| {
         cookie_sso(c, provider.url("/held"));
         c.sso.flows = vec![Flow::Invoke];
-        c.sso.timeout_ms = 60_000;
+        c.sso.timeout = Duration::from_secs(60);
         // The conversation is started with the secret below: unbound, so
         // its user can post card-shaped activities.
         c.directline.secret_file = None;

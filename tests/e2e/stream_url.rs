@@ -39,7 +39,7 @@ async fn stream_url_is_derived_from_the_request_host() {
 #[tokio::test]
 async fn stream_url_uses_the_configured_public_url() {
     let stack = Stack::start_with(quiet_emulator(), |c| {
-        c.listen.public_url = Some("https://chat.example.com/bot/".into());
+        c.listen.public_url = Some(http::Uri::from_static("https://chat.example.com/bot/"));
     })
     .await;
     let conv = stack.start_conversation().await;

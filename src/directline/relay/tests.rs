@@ -49,7 +49,7 @@ fn sso_inspector() -> Inspector {
         };
         // A port nothing listens on: an invoke fails at once, on this host.
         let nowhere = UpstreamConfig {
-            url: "http://127.0.0.1:1".into(),
+            url: http::Uri::from_static("http://127.0.0.1:1"),
             ..UpstreamConfig::default()
         };
         let upstream = Upstream::new(&nowhere, metrics.clone()).expect("an upstream client");

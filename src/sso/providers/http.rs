@@ -50,10 +50,7 @@ impl HttpProvider {
         client: HttpClient,
     ) -> Result<HttpProvider, ProviderSetupError> {
         Ok(HttpProvider {
-            url: config
-                .url
-                .parse()
-                .map_err(|_| ProviderSetupError::Invalid("sso.http.url"))?,
+            url: config.url.clone(),
             forward_headers: config
                 .forward_headers
                 .iter()

@@ -100,10 +100,7 @@ impl OAuth2Provider {
             return Err(setup("the configured source", "the secret is empty".into()));
         }
         Ok(OAuth2Provider {
-            token_url: config
-                .token_url
-                .parse()
-                .map_err(|_| ProviderSetupError::Invalid("sso.oauth2.token_url"))?,
+            token_url: config.token_url.clone(),
             grant: config.grant,
             client_id: config.client_id.clone(),
             client_secret,
