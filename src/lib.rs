@@ -41,7 +41,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
 use crate::directline::credentials::ServerCredentials;
-use crate::directline::stream_url::PublicBase;
+use crate::directline::state::{RelayState, StreamLifecycle};
 use crate::metrics::Metrics;
 use crate::proxy::Shared;
 use crate::reload::{ReloadError, Reloader};
@@ -169,11 +169,6 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         decisions.clone(),
     )?
     .map(Arc::new);
-    let configured_public_base = config
-        .listen
-        .public_base()?
-        .as_ref()
-        .and_then(PublicBase::from_config);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -186,20 +181,30 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         .map_err(|source| StartError::Bind { addr, source })?;
     let admin = bind_admin(&config).await?;
     let admin_addr = admin.as_ref().and_then(|admin| admin.local_addr().ok());
-    let shared = Arc::new(Shared {
-        frame_limits: directline::relay::FrameLimits::from_config(&config.websocket),
+    let lifecycle = StreamLifecycle {
         connection_slots: Arc::new(Semaphore::new(config.listen.max_connections)),
-        quotas: quota::Quotas::new(&config.limits),
+        streams: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+    };
+    let relays = RelayState::new(
+        &config,
+        upstream.clone(),
+        metrics.clone(),
+        credentials,
+        tls.is_some(),
+        lifecycle.clone(),
+    )?;
+    let shared = Arc::new(Shared {
         tls: tls.is_some(),
         config,
         upstream,
         policy: ArcSwap::from_pointee(proxy::Policy { origins, sso }),
         decisions,
         metrics,
-        credentials,
-        configured_public_base,
-        streams: TaskTracker::new(),
-        shutdown: CancellationToken::new(),
+        relays,
+        streams: lifecycle.streams,
+        shutdown: lifecycle.shutdown,
+        connection_slots: lifecycle.connection_slots,
         ready: AtomicBool::new(true),
     });
     let stop = CancellationToken::new();

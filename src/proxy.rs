@@ -5,29 +5,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
-use std::time::Instant;
-
-use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::body::{ProxyBody, full, text_response};
 use crate::config::Config;
-use crate::directline::credentials::ServerCredentials;
-use crate::directline::relay::FrameLimits;
 use crate::directline::route::{PREFIX, Route};
-use crate::directline::stream_url::{self, PublicBase};
-use crate::directline::{rest, stream};
+use crate::directline::state::RelayState;
+use crate::directline::{self, stream_url};
 use crate::error::ProxyError;
 use crate::forward::ClientInfo;
-use crate::metrics::{Metrics, Transport};
+use crate::metrics::Metrics;
 use crate::origin::{OriginCheck, OriginPolicy};
-use crate::quota::{self, Quotas};
 use crate::sso::decisions::Decisions;
-use crate::sso::{Requester, Sso, seal};
+use crate::sso::{Sso, seal};
 use crate::upstream::Upstream;
 
 /// What a reload swaps as one: a request reads it once, so it never pairs
@@ -49,11 +43,9 @@ pub struct Shared {
     /// Exchange-once memory, kept across SSO reloads.
     pub decisions: Arc<Decisions>,
     pub metrics: Arc<Metrics>,
-    /// The server-held Direct Line secret, when configured.
-    pub credentials: Option<ServerCredentials>,
-    pub configured_public_base: Option<PublicBase>,
+    /// What the Direct Line relays read.
+    pub relays: RelayState,
     pub tls: bool,
-    pub frame_limits: FrameLimits,
     /// Open WebSocket relays, so shutdown can wait for their close.
     pub streams: TaskTracker,
     /// Cancelled at shutdown: relays close both sides with 1001.
@@ -62,67 +54,11 @@ pub struct Shared {
     pub connection_slots: Arc<Semaphore>,
     /// False once draining has begun, so `/readyz` takes the replica out.
     pub ready: AtomicBool,
-    pub quotas: Quotas,
 }
 
 impl Shared {
-    /// Headers of the user's request the proxy itself consumes (the SSO
-    /// provider's inputs, the authenticated-user header): the user's
-    /// credentials for the proxy, never forwarded to Direct Line.
-    /// `Authorization` is Direct Line's own and always forwarded.
-    pub fn consumed_headers(&self, policy: &Policy) -> Vec<HeaderName> {
-        let mut names = policy
-            .sso
-            .as_ref()
-            .map(|sso| sso.header_names())
-            .unwrap_or_default();
-        if let Some(credentials) = &self.credentials {
-            names.extend(credentials.user_id_header().cloned());
-        }
-        names.retain(|name| name != http::header::AUTHORIZATION);
-        names
-    }
-
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.load_full()
-    }
-
-    /// Who a client is for quotas: the bound user, else its address.
-    pub fn client_key(&self, headers: &HeaderMap, client: &ClientInfo) -> String {
-        let bound = match self.requester(headers) {
-            Requester::Bound(user) => user,
-            Requester::Anonymous => None,
-        };
-        let trust = self.config.listen.trust_forwarded_headers;
-        quota::client_key(bound.as_deref(), headers, client, trust)
-    }
-
-    /// Who sent a request, as far as the proxy knows its users: the bound
-    /// id of `directline.user_id_header`'s value when binding is on.
-    pub fn requester(&self, headers: &HeaderMap) -> Requester {
-        match &self.credentials {
-            Some(credentials) if credentials.user_id_header().is_some() => {
-                Requester::Bound(credentials.user_id_of(headers))
-            }
-            _ => Requester::Anonymous,
-        }
-    }
-
-    /// Where clients reach this proxy, for rewritten `streamUrl`s.
-    pub fn public_base(&self, uri: &Uri, headers: &HeaderMap) -> Option<PublicBase> {
-        if let Some(base) = &self.configured_public_base {
-            return Some(base.clone());
-        }
-        let base = PublicBase::from_request(
-            uri,
-            headers,
-            self.tls,
-            self.config.listen.trust_forwarded_headers,
-        );
-        if base.is_none() {
-            tracing::warn!("no usable Host header: streamUrl left pointing upstream");
-        }
-        base
     }
 }
 
@@ -244,55 +180,5 @@ async fn directline(
     client: &ClientInfo,
 ) -> Response<ProxyBody> {
     let sealed = take_sealed_context(&mut request);
-    let route = Route::classify(request.method(), request.uri().path());
-    let client_key = || shared.client_key(request.headers(), client);
-    if let Some(over) = shared.quotas.admit(&route, client_key, &shared.metrics) {
-        return over.into_response();
-    }
-    // The query is never logged: it can carry the stream token `t=`.
-    let span = tracing::info_span!(
-        "request",
-        method = %request.method(),
-        route = route.name(),
-        conversation_id = route.conversation_id().unwrap_or(""),
-    );
-    async move {
-        let started = Instant::now();
-        let response = match route {
-            Route::Stream {
-                ref conversation_id,
-            } if stream::is_upgrade(&request) => {
-                // Counted as a WebSocket relay once the upgrade completes.
-                let sealed = sealed.as_deref();
-                // Boxed: the upgrade's state is large and rare; inline, it
-                // would grow every REST request's future (moved whole by
-                // hyper) by kilobytes.
-                Box::pin(stream::upgrade(
-                    shared,
-                    policy,
-                    conversation_id,
-                    sealed,
-                    request,
-                    client,
-                ))
-                .await
-            }
-            _ => {
-                let transport = match route {
-                    Route::Poll { .. } => Transport::Polling,
-                    _ => Transport::Rest,
-                };
-                let _active = shared.metrics.connection(transport);
-                rest::relay(shared, policy, &route, request, client).await
-            }
-        };
-        tracing::info!(
-            status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "request done"
-        );
-        response
-    }
-    .instrument(span)
-    .await
+    directline::serve(&shared.relays, policy.sso.as_ref(), sealed, request, client).await
 }
