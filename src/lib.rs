@@ -45,7 +45,6 @@ use crate::directline::state::{RelayState, StreamLifecycle};
 use crate::metrics::Metrics;
 use crate::proxy::Shared;
 use crate::reload::{ReloadError, Reloader};
-use crate::sso::Sso;
 use crate::sso::decisions::Decisions;
 use crate::upstream::{Upstream, UpstreamSetupError};
 
@@ -162,17 +161,10 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         config.sso.decision_ttl(),
         config.sso.decision_capacity,
     ));
-    let sso = Sso::new(
-        &config.sso,
-        upstream.clone(),
-        metrics.clone(),
-        decisions.clone(),
-    )?
-    .map(Arc::new);
+    let policy = proxy::Policy::new(&config, &upstream, &metrics, &decisions)?;
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    let origins = origin::OriginPolicy::new(&config.listen.allowed_origins);
     let tcp = TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
@@ -198,7 +190,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         tls: tls.is_some(),
         config,
         upstream,
-        policy: ArcSwap::from_pointee(proxy::Policy { origins, sso }),
+        policy: ArcSwap::from_pointee(policy),
         decisions,
         metrics,
         relays,

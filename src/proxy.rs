@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::{ProxyBody, full, text_response};
 use crate::config::Config;
+use crate::directline::filter::{ActivityFilter, SEALED_PARAM};
 use crate::directline::route::{PREFIX, Route};
 use crate::directline::state::RelayState;
 use crate::directline::{self, stream_url};
@@ -21,7 +22,7 @@ use crate::forward::ClientInfo;
 use crate::metrics::Metrics;
 use crate::origin::{OriginCheck, OriginPolicy};
 use crate::sso::decisions::Decisions;
-use crate::sso::{Sso, seal};
+use crate::sso::{Sso, SsoSetupError};
 use crate::upstream::Upstream;
 
 /// What a reload swaps as one: a request reads it once, so it never pairs
@@ -32,7 +33,28 @@ pub struct Policy {
     pub origins: OriginPolicy,
     /// Server-side sign-in; `None` when `sso.provider = "none"`. Requests
     /// and streams keep the one they started with.
-    pub sso: Option<Arc<Sso>>,
+    pub sso: Option<Arc<dyn ActivityFilter>>,
+}
+
+impl Policy {
+    /// The policy `config` asks for; `decisions` outlives it.
+    pub fn new(
+        config: &Config,
+        upstream: &Arc<Upstream>,
+        metrics: &Arc<Metrics>,
+        decisions: &Arc<Decisions>,
+    ) -> Result<Policy, SsoSetupError> {
+        let sso = Sso::new(
+            &config.sso,
+            upstream.clone(),
+            metrics.clone(),
+            decisions.clone(),
+        )?;
+        Ok(Policy {
+            origins: OriginPolicy::new(&config.listen.allowed_origins),
+            sso: sso.map(|sso| Arc::new(sso) as Arc<dyn ActivityFilter>),
+        })
+    }
 }
 
 pub struct Shared {
@@ -141,7 +163,7 @@ pub fn admin<B>(shared: &Shared, request: &Request<B>) -> Response<ProxyBody> {
 /// method, version or SSO setting: the sealed context is the proxy's and
 /// never reaches Direct Line. Only a single one is a stream's context.
 fn take_sealed_context<B>(request: &mut Request<B>) -> Option<String> {
-    let (stripped, mut values) = stream_url::take_query_params(request.uri(), seal::PARAM);
+    let (stripped, mut values) = stream_url::take_query_params(request.uri(), SEALED_PARAM);
     if values.is_empty() {
         return None;
     }

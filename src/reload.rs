@@ -15,9 +15,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::origin::OriginPolicy;
 use crate::proxy::{Policy, Shared};
-use crate::sso::{Sso, SsoSetupError};
+use crate::sso::SsoSetupError;
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, Error)]
@@ -70,22 +69,17 @@ impl Reloader {
             }
             _ => None,
         };
-        let sso = Sso::new(
-            &new.sso,
-            self.shared.upstream.clone(),
-            self.shared.metrics.clone(),
-            self.shared.decisions.clone(),
-        )?
-        .map(Arc::new);
+        let policy = Policy::new(
+            &new,
+            &self.shared.upstream,
+            &self.shared.metrics,
+            &self.shared.decisions,
+        )?;
         warn_about_fixed_sections(&current, &new);
         if let (Some(slot), Some(acceptor)) = (&self.tls, acceptor) {
             slot.store(Arc::new(acceptor));
         }
-        let policy = Arc::new(Policy {
-            origins: OriginPolicy::new(&new.listen.allowed_origins),
-            sso,
-        });
-        self.shared.policy.store(policy);
+        self.shared.policy.store(Arc::new(policy));
         for warning in new.warnings() {
             tracing::warn!("{warning}");
         }

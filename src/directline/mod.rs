@@ -2,6 +2,7 @@
 
 pub mod activity;
 pub mod credentials;
+pub mod filter;
 pub mod frame;
 pub mod inspect;
 pub mod read_pool;
@@ -22,17 +23,17 @@ use tracing::Instrument;
 use crate::body::ProxyBody;
 use crate::forward::ClientInfo;
 use crate::metrics::Transport;
-use crate::sso::Sso;
+use filter::ActivityFilter;
 use route::Route;
 use state::RelayState;
 
 /// Serves one request under `/v3/directline/` whose path the router
 /// accepted: the route's quota, then the WebSocket or the REST relay.
 /// `sealed` is the request's `dlpx` value, already taken out of the URI;
-/// `sso` is the one the request started with.
+/// `sso` is the sign-in filter the request started with.
 pub async fn serve(
     state: &RelayState,
-    sso: Option<&Arc<Sso>>,
+    sso: Option<&Arc<dyn ActivityFilter>>,
     sealed: Option<String>,
     request: Request<Incoming>,
     client: &ClientInfo,

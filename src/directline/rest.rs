@@ -11,29 +11,29 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::credentials::{Refusal, ServerCredentials};
-use super::state::RelayState;
+use super::filter::{ActivityFilter, ConversationFilter, Requester, SEALED_PARAM};
 use super::route::Route;
+use super::state::RelayState;
 use super::stream_url::{self, PublicBase};
 use crate::body::{BoxError, ProxyBody, full, limited};
 use crate::error::ProxyError;
 use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::ErrorKind;
-use crate::sso::{ConversationContext, Requester, Sso, seal};
 use crate::upstream::UpstreamError;
 
 /// What happens to the upstream's answer.
 enum Treatment {
     Pass,
     RewriteStreamUrl(PublicBase, Option<Sealing>),
-    InspectPoll(Arc<Sso>, ConversationContext),
+    InspectPoll(Arc<dyn ConversationFilter>),
 }
 
 /// With SSO on, what a rewritten `streamUrl` carries sealed: taken from the
 /// start or reconnect request before its headers are consumed.
 struct Sealing {
-    sso: Arc<Sso>,
+    sso: Arc<dyn ActivityFilter>,
     requester: Requester,
-    inputs: HeaderMap,
+    captured: HeaderMap,
 }
 
 impl Treatment {
@@ -44,7 +44,7 @@ impl Treatment {
 
 pub async fn relay(
     state: &RelayState,
-    sso: Option<&Arc<Sso>>,
+    sso: Option<&Arc<dyn ActivityFilter>>,
     route: &Route,
     request: Request<Incoming>,
     client: &ClientInfo,
@@ -99,7 +99,7 @@ pub async fn relay(
         Treatment::RewriteStreamUrl(public, sealing) => {
             rewrite_stream_url(state, &bytes, public, sealing.as_ref())
         }
-        Treatment::InspectPoll(sso, context) => Box::pin(sso.process(context, &bytes)).await,
+        Treatment::InspectPoll(filter) => filter.filter(&bytes).await,
         Treatment::Pass => None,
     };
     let body = match rewritten {
@@ -114,7 +114,7 @@ pub async fn relay(
 
 fn treatment<B>(
     state: &RelayState,
-    sso: Option<&Arc<Sso>>,
+    sso: Option<&Arc<dyn ActivityFilter>>,
     route: &Route,
     request: &Request<B>,
 ) -> Treatment {
@@ -126,14 +126,13 @@ fn treatment<B>(
             };
             let sealing = sso.map(|sso| Sealing {
                 requester: state.requester(headers),
-                inputs: sso.capture_headers(headers),
+                captured: sso.capture(headers),
                 sso,
             });
             Treatment::RewriteStreamUrl(public, sealing)
         }
         (Route::Poll { conversation_id }, Some(sso)) => {
-            let context = sso.context_for_poll(conversation_id, headers, state.requester(headers));
-            Treatment::InspectPoll(sso, context)
+            Treatment::InspectPoll(sso.for_poll(conversation_id, headers, state.requester(headers)))
         }
         _ => Treatment::Pass,
     }
@@ -154,7 +153,7 @@ fn reject_oversized(state: &RelayState, headers: &HeaderMap) -> Option<Response<
 
 fn upstream_request(
     state: &RelayState,
-    sso: Option<&Arc<Sso>>,
+    sso: Option<&Arc<dyn ActivityFilter>>,
     treatment: &Treatment,
     request: Request<ProxyBody>,
     client: &ClientInfo,
@@ -171,11 +170,7 @@ fn upstream_request(
         // The body is read and rewritten, so it must arrive uncompressed.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
-    add_forwarded_headers(
-        &mut parts.headers,
-        client,
-        state.trust_forwarded_headers,
-    );
+    add_forwarded_headers(&mut parts.headers, client, state.trust_forwarded_headers);
     Ok(Request::from_parts(parts, body))
 }
 
@@ -202,13 +197,14 @@ fn rewrite_stream_url(
 ) -> Option<Vec<u8>> {
     let sealed = sealing.and_then(|sealing| {
         let (conversation_id, token) = stream_url::conversation_and_token(bytes)?;
-        sealing
-            .sso
-            .seal_stream_context(&conversation_id, token, &sealing.requester, &sealing.inputs)
-            .inspect_err(|error| tracing::warn!(%error, "stream context not sealed"))
-            .ok()
+        sealing.sso.seal(
+            &conversation_id,
+            token,
+            &sealing.requester,
+            &sealing.captured,
+        )
     });
-    let extra = sealed.as_deref().map(|value| (seal::PARAM, value));
+    let extra = sealed.as_deref().map(|value| (SEALED_PARAM, value));
     let upstream_path = state.upstream.base().path();
     match stream_url::rewrite(bytes, public, upstream_path, extra) {
         Ok(rewritten) => rewritten,

@@ -11,13 +11,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::credentials::ServerCredentials;
+use super::filter::{ActivityFilter, Requester};
 use super::relay::FrameLimits;
 use super::stream_url::PublicBase;
 use crate::config::{Config, ConfigError};
 use crate::forward::ClientInfo;
 use crate::metrics::Metrics;
 use crate::quota::{self, Quotas};
-use crate::sso::{Requester, Sso};
 use crate::upstream::Upstream;
 
 /// The handles a WebSocket relay shares with the server: its place among
@@ -80,8 +80,11 @@ impl RelayState {
     /// provider's inputs, the authenticated-user header): the user's
     /// credentials for the proxy, never forwarded to Direct Line.
     /// `Authorization` is Direct Line's own and always forwarded.
-    pub(super) fn consumed_headers(&self, sso: Option<&Arc<Sso>>) -> Vec<HeaderName> {
-        let mut names = sso.map(|sso| sso.header_names()).unwrap_or_default();
+    pub(super) fn consumed_headers(
+        &self,
+        sso: Option<&Arc<dyn ActivityFilter>>,
+    ) -> Vec<HeaderName> {
+        let mut names = sso.map(|sso| sso.consumed_headers()).unwrap_or_default();
         if let Some(credentials) = &self.credentials {
             names.extend(credentials.user_id_header().cloned());
         }
@@ -119,8 +122,7 @@ impl RelayState {
         if let Some(base) = &self.configured_public_base {
             return Some(base.clone());
         }
-        let base =
-            PublicBase::from_request(uri, headers, self.tls, self.trust_forwarded_headers);
+        let base = PublicBase::from_request(uri, headers, self.tls, self.trust_forwarded_headers);
         if base.is_none() {
             tracing::warn!("no usable Host header: streamUrl left pointing upstream");
         }

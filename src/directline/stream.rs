@@ -19,6 +19,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::Instrument;
 
+use super::filter::ActivityFilter;
 use super::inspect::Inspector;
 use super::relay;
 use super::state::RelayState;
@@ -26,7 +27,6 @@ use crate::body::{BoxError, ProxyBody, empty};
 use crate::error::ProxyError;
 use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::{ErrorKind, Transport};
-use crate::sso::Sso;
 use crate::quota::OpenStream;
 use crate::upstream::UpstreamError;
 
@@ -69,7 +69,7 @@ fn handshake_refusal(headers: &http::HeaderMap) -> Option<Response<ProxyBody>> {
 /// `sealed` is the stream's `dlpx` value, already taken out of the URI.
 pub async fn upgrade(
     state: &RelayState,
-    sso: Option<&Arc<Sso>>,
+    sso: Option<&Arc<dyn ActivityFilter>>,
     conversation_id: &str,
     sealed: Option<&str>,
     mut request: Request<Incoming>,
@@ -138,7 +138,7 @@ pub async fn upgrade(
 /// context and the handshake's headers.
 fn inspector_for(
     state: &RelayState,
-    sso: Option<&Arc<Sso>>,
+    sso: Option<&Arc<dyn ActivityFilter>>,
     conversation_id: &str,
     sealed: Option<&str>,
     request: &Request<Incoming>,
@@ -147,8 +147,7 @@ fn inspector_for(
         return Inspector::default();
     };
     let requester = state.requester(request.headers());
-    let context = sso.context_for_stream(conversation_id, sealed, request.headers(), requester);
-    Inspector::new(Some(sso), context)
+    Inspector::new(sso.for_stream(conversation_id, sealed, request.headers(), requester))
 }
 
 /// The upstream's `Sec-WebSocket-Accept` answers the client's key: the
@@ -163,7 +162,7 @@ fn accept_key_matches(client_key: &HeaderValue, upstream: &Response<Incoming>) -
 
 fn upstream_handshake(
     state: &RelayState,
-    sso: Option<&Arc<Sso>>,
+    sso: Option<&Arc<dyn ActivityFilter>>,
     request: Request<Incoming>,
     client: &ClientInfo,
 ) -> Result<Request<ProxyBody>, UpstreamError> {
@@ -182,11 +181,7 @@ fn upstream_handshake(
     parts
         .headers
         .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    add_forwarded_headers(
-        &mut parts.headers,
-        client,
-        state.trust_forwarded_headers,
-    );
+    add_forwarded_headers(&mut parts.headers, client, state.trust_forwarded_headers);
     Ok(Request::from_parts(parts, empty()))
 }
 
