@@ -161,7 +161,6 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         config.sso.decision_ttl(),
         config.sso.decision_capacity,
     ));
-    let policy = proxy::Policy::new(&config, &upstream, &metrics, &decisions)?;
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -186,11 +185,12 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         tls.is_some(),
         lifecycle.clone(),
     )?;
+    let sso_provider = config.sso.provider.name();
+    let live = proxy::Live::new(config, &upstream, &metrics, &decisions)?;
     let shared = Arc::new(Shared {
         tls: tls.is_some(),
-        config,
         upstream,
-        policy: ArcSwap::from_pointee(policy),
+        live: ArcSwap::from_pointee(live),
         decisions,
         metrics,
         relays,
@@ -219,7 +219,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         admin_addr = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         tls = shared.tls,
         upstream = %shared.upstream.base(),
-        sso = shared.config.sso.provider.name(),
+        sso = sso_provider,
         "proxy listening"
     );
     Ok(RunningProxy {

@@ -25,9 +25,13 @@ use crate::sso::decisions::Decisions;
 use crate::sso::{Sso, SsoSetupError};
 use crate::upstream::Upstream;
 
-/// What a reload swaps as one: a request reads it once, so it never pairs
-/// the origin list of one config with the SSO provider of another.
-pub struct Policy {
+/// The settings in force, swapped whole by a reload: a request reads one
+/// snapshot, so it never pairs the origin list of one config with the SSO
+/// provider of another, and nothing keeps an older copy of the config.
+pub struct Live {
+    /// The config in force: after a reload, the new file's reloadable
+    /// settings over the sections only a restart changes.
+    pub config: Config,
     /// `listen.allowed_origins`: a provider that reads the user's request
     /// must never run without it.
     pub origins: OriginPolicy,
@@ -36,32 +40,32 @@ pub struct Policy {
     pub sso: Option<Arc<dyn ActivityFilter>>,
 }
 
-impl Policy {
-    /// The policy `config` asks for; `decisions` outlives it.
+impl Live {
+    /// The settings `config` asks for; `decisions` outlives them.
     pub fn new(
-        config: &Config,
+        config: Config,
         upstream: &Arc<Upstream>,
         metrics: &Arc<Metrics>,
         decisions: &Arc<Decisions>,
-    ) -> Result<Policy, SsoSetupError> {
+    ) -> Result<Live, SsoSetupError> {
         let sso = Sso::new(
             &config.sso,
             upstream.clone(),
             metrics.clone(),
             decisions.clone(),
         )?;
-        Ok(Policy {
+        Ok(Live {
             origins: OriginPolicy::new(&config.listen.allowed_origins),
             sso: sso.map(|sso| Arc::new(sso) as Arc<dyn ActivityFilter>),
+            config,
         })
     }
 }
 
 pub struct Shared {
-    pub config: Config,
     pub upstream: Arc<Upstream>,
     /// Swapped whole by a reload.
-    pub policy: ArcSwap<Policy>,
+    pub live: ArcSwap<Live>,
     /// Exchange-once memory, kept across SSO reloads.
     pub decisions: Arc<Decisions>,
     pub metrics: Arc<Metrics>,
@@ -79,8 +83,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy.load_full()
+    /// The settings in force now; hold it for a whole request.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
     }
 }
 
@@ -89,18 +94,16 @@ pub async fn handle(
     request: Request<Incoming>,
     client: ClientInfo,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let policy = shared.policy();
-    let origin = policy.origins.check(request.headers());
+    let live = shared.live();
+    let origin = live.origins.check(request.headers());
     if origin == OriginCheck::Refused {
         return Ok(ProxyError::OriginRefused.into_response());
     }
     if !host_is_valid(&request) {
         return Ok(ProxyError::BadHost.into_response());
     }
-    let mut response = route(&shared, &policy, request, &client).await;
-    policy
-        .origins
-        .restrict_cors(&origin, response.headers_mut());
+    let mut response = route(&shared, &live, request, &client).await;
+    live.origins.restrict_cors(&origin, response.headers_mut());
     Ok(response)
 }
 
@@ -126,19 +129,19 @@ fn host_is_valid<B>(request: &Request<B>) -> bool {
 
 async fn route(
     shared: &Arc<Shared>,
-    policy: &Policy,
+    live: &Live,
     request: Request<Incoming>,
     client: &ClientInfo,
 ) -> Response<ProxyBody> {
     let path = request.uri().path();
-    let admin_here = shared.config.admin.addr.is_none();
+    let admin_here = live.config.admin.addr.is_none();
     match (request.method(), path) {
         (&Method::GET, "/healthz" | "/readyz" | "/metrics") if admin_here => {
             admin(shared, &request)
         }
         (_, p) if p.starts_with(PREFIX) => match Route::refusal(p) {
             Some(reason) => ProxyError::BadPath(reason).into_response(),
-            None => directline(shared, policy, request, client).await,
+            None => directline(shared, live, request, client).await,
         },
         _ => not_found(),
     }
@@ -154,7 +157,7 @@ pub fn admin<B>(shared: &Shared, request: &Request<B>) -> Response<ProxyBody> {
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => text_response(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readiness(shared),
-        (&Method::GET, "/metrics") if shared.config.metrics.enabled => metrics(shared),
+        (&Method::GET, "/metrics") if shared.live().config.metrics.enabled => metrics(shared),
         _ => not_found(),
     }
 }
@@ -197,10 +200,10 @@ fn readiness(shared: &Shared) -> Response<ProxyBody> {
 
 async fn directline(
     shared: &Shared,
-    policy: &Policy,
+    live: &Live,
     mut request: Request<Incoming>,
     client: &ClientInfo,
 ) -> Response<ProxyBody> {
     let sealed = take_sealed_context(&mut request);
-    directline::serve(&shared.relays, policy.sso.as_ref(), sealed, request, client).await
+    directline::serve(&shared.relays, live.sso.as_ref(), sealed, request, client).await
 }

@@ -123,7 +123,8 @@ struct ConnectionLimits {
 
 impl ConnectionLimits {
     fn of(shared: &Shared) -> ConnectionLimits {
-        let listen = &shared.config.listen;
+        let live = shared.live();
+        let listen = &live.config.listen;
         ConnectionLimits {
             first_request: listen.header_read_timeout(),
             header_read: listen.header_read_timeout(),
@@ -415,7 +416,7 @@ async fn drain(shared: &Shared, connections: Connections) {
     shared.streams.close();
     connections.closing.cancel();
     connections.tasks.close();
-    let drain_timeout = shared.config.listen.drain_timeout();
+    let drain_timeout = shared.live().config.listen.drain_timeout();
     let requests = async {
         if tokio::time::timeout(drain_timeout, connections.tasks.wait())
             .await
