@@ -11,17 +11,18 @@ pub mod directline;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod error;
-pub mod forward;
+pub mod header_hygiene;
 pub mod header_values;
 pub mod idle;
 pub mod logging;
 pub mod metrics;
 pub mod origin;
-pub mod proxy;
 pub mod quota;
 pub mod reload;
+pub mod router;
 pub mod server;
 pub mod sso;
+pub mod state;
 pub mod tls;
 pub mod upstream;
 
@@ -43,9 +44,9 @@ use crate::config::{Config, ConfigError};
 use crate::directline::credentials::ServerCredentials;
 use crate::directline::state::{RelayState, StreamLifecycle};
 use crate::metrics::Metrics;
-use crate::proxy::Shared;
 use crate::reload::{ReloadError, Reloader};
 use crate::sso::decisions::Decisions;
+use crate::state::{Live, Shared};
 use crate::upstream::{Upstream, UpstreamSetupError};
 
 #[derive(Debug, Error)]
@@ -186,7 +187,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         lifecycle.clone(),
     )?;
     let sso_provider = config.sso.provider.name();
-    let live = proxy::Live::new(config, &upstream, &metrics, &decisions)?;
+    let live = Live::new(config, &upstream, &metrics, &decisions)?;
     let shared = Arc::new(Shared {
         tls: tls.is_some(),
         upstream,

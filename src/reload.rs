@@ -16,8 +16,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, SsoConfig};
-use crate::proxy::{Live, Shared};
 use crate::sso::SsoSetupError;
+use crate::state::{Live, Shared};
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, Error)]

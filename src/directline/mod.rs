@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::body::ProxyBody;
-use crate::forward::ClientInfo;
+use crate::header_hygiene::ClientInfo;
 use crate::metrics::Transport;
 use filter::ActivityFilter;
 use route::Route;

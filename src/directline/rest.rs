@@ -17,7 +17,7 @@ use super::state::RelayState;
 use super::stream_url::{self, PublicBase};
 use crate::body::{BoxError, ProxyBody, full, limited};
 use crate::error::ProxyError;
-use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
+use crate::header_hygiene::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::ErrorKind;
 use crate::upstream::UpstreamError;
 

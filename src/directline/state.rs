@@ -15,7 +15,7 @@ use super::filter::{ActivityFilter, Requester};
 use super::relay::FrameLimits;
 use super::stream_url::PublicBase;
 use crate::config::{Config, ConfigError};
-use crate::forward::ClientInfo;
+use crate::header_hygiene::ClientInfo;
 use crate::metrics::Metrics;
 use crate::quota::{self, Quotas};
 use crate::upstream::Upstream;

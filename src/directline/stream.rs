@@ -25,7 +25,7 @@ use super::relay;
 use super::state::RelayState;
 use crate::body::{BoxError, ProxyBody, empty};
 use crate::error::ProxyError;
-use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
+use crate::header_hygiene::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::{ErrorKind, Transport};
 use crate::quota::OpenStream;
 use crate::upstream::UpstreamError;
