@@ -1,6 +1,8 @@
 //! What the REST and WebSocket relays read, and nothing more: built once at
-//! start-up by the proxy's state, so a relay never reaches into the router's.
-//! Every setting here belongs to a section only a restart changes.
+//! start-up and handed to them by the router, so a relay never reaches into
+//! the router's state. Every setting here belongs to a section only a
+//! restart changes; what a reload changes (the SSO filter) comes with each
+//! request.
 
 use std::sync::Arc;
 use std::time::Duration;
