@@ -11,17 +11,18 @@ pub mod directline;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod error;
-pub mod forward;
+pub mod header_hygiene;
 pub mod header_values;
 pub mod idle;
 pub mod logging;
 pub mod metrics;
 pub mod origin;
-pub mod proxy;
 pub mod quota;
 pub mod reload;
+pub mod router;
 pub mod server;
 pub mod sso;
+pub mod state;
 pub mod tls;
 pub mod upstream;
 
@@ -41,12 +42,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
 use crate::directline::credentials::ServerCredentials;
-use crate::directline::stream_url::PublicBase;
+use crate::directline::state::{RelayState, StreamLifecycle};
 use crate::metrics::Metrics;
-use crate::proxy::Shared;
 use crate::reload::{ReloadError, Reloader};
-use crate::sso::Sso;
 use crate::sso::decisions::Decisions;
+use crate::state::{Live, Shared};
 use crate::upstream::{Upstream, UpstreamSetupError};
 
 #[derive(Debug, Error)]
@@ -162,22 +162,9 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         config.sso.decision_ttl,
         config.sso.decision_capacity,
     ));
-    let sso = Sso::new(
-        &config.sso,
-        upstream.clone(),
-        metrics.clone(),
-        decisions.clone(),
-    )?
-    .map(Arc::new);
-    let configured_public_base = config
-        .listen
-        .public_url
-        .as_ref()
-        .and_then(PublicBase::from_config);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    let origins = origin::OriginPolicy::new(&config.listen.allowed_origins);
     let tcp = TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
@@ -186,20 +173,31 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         .map_err(|source| StartError::Bind { addr, source })?;
     let admin = bind_admin(&config).await?;
     let admin_addr = admin.as_ref().and_then(|admin| admin.local_addr().ok());
-    let shared = Arc::new(Shared {
-        frame_limits: directline::relay::FrameLimits::from_config(&config.websocket),
+    let lifecycle = StreamLifecycle {
         connection_slots: Arc::new(Semaphore::new(config.listen.max_connections)),
-        quotas: quota::Quotas::new(&config.limits),
-        tls: tls.is_some(),
-        config,
-        upstream,
-        policy: ArcSwap::from_pointee(proxy::Policy { origins, sso }),
-        decisions,
-        metrics,
-        credentials,
-        configured_public_base,
         streams: TaskTracker::new(),
         shutdown: CancellationToken::new(),
+    };
+    let relays = RelayState::new(
+        &config,
+        upstream.clone(),
+        metrics.clone(),
+        credentials,
+        tls.is_some(),
+        lifecycle.clone(),
+    );
+    let sso_provider = config.sso.provider.name();
+    let live = Live::new(config, &upstream, &metrics, &decisions)?;
+    let shared = Arc::new(Shared {
+        tls: tls.is_some(),
+        upstream,
+        live: ArcSwap::from_pointee(live),
+        decisions,
+        metrics,
+        relays,
+        streams: lifecycle.streams,
+        shutdown: lifecycle.shutdown,
+        connection_slots: lifecycle.connection_slots,
         ready: AtomicBool::new(true),
     });
     let stop = CancellationToken::new();
@@ -222,7 +220,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         admin_addr = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         tls = shared.tls,
         upstream = %shared.upstream.base(),
-        sso = shared.config.sso.provider.name(),
+        sso = sso_provider,
         "proxy listening"
     );
     Ok(RunningProxy {

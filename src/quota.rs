@@ -22,7 +22,7 @@ use crate::body::ProxyBody;
 use crate::config::LimitsConfig;
 use crate::directline::route::Route;
 use crate::error::ProxyError;
-use crate::forward::{ClientInfo, X_FORWARDED_FOR, nearest_forwarded};
+use crate::header_hygiene::{ClientInfo, X_FORWARDED_FOR, nearest_forwarded};
 use crate::metrics::Metrics;
 
 /// Keys one limiter remembers at most (about 100 bytes each).

@@ -1,9 +1,10 @@
 //! Hot reload: SIGHUP, or a changed config/certificate file (Kubernetes
 //! updates mounted ConfigMaps and Secrets in place), reloads the listener's
-//! TLS certificate and the `[sso]` settings. Open connections keep what they
-//! started with; new ones get the new settings. A new config that does not
-//! validate, or a certificate that does not load, is rejected as a whole and
-//! the running settings stay.
+//! TLS certificate, `listen.allowed_origins` and the `[sso]` settings. Open
+//! connections keep what they started with; new ones get the new settings.
+//! A new config that does not validate, or a certificate that does not load,
+//! is rejected as a whole and the running settings stay. The config in force
+//! lives only in the proxy's [`Live`] snapshot, which a reload replaces.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -14,10 +15,9 @@ use thiserror::Error;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
-use crate::origin::OriginPolicy;
-use crate::proxy::{Policy, Shared};
-use crate::sso::{Sso, SsoSetupError};
+use crate::config::{Config, ConfigError, SsoConfig};
+use crate::sso::SsoSetupError;
+use crate::state::{Live, Shared};
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, Error)]
@@ -40,7 +40,9 @@ pub type SharedAcceptor = Arc<ArcSwap<TlsAcceptor>>;
 pub struct Reloader {
     shared: Arc<Shared>,
     tls: Option<SharedAcceptor>,
-    current: Mutex<Config>,
+    /// Held while a config is applied, so two reloads never both build on
+    /// the same settings in force.
+    applying: Mutex<()>,
     /// Held across reading and applying a file, so a SIGHUP and the watcher
     /// never apply an older read after a newer one.
     file_reload: Mutex<()>,
@@ -48,11 +50,10 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn new(shared: Arc<Shared>, tls: Option<SharedAcceptor>) -> Reloader {
-        let current = Mutex::new(shared.config.clone());
         Reloader {
             shared,
             tls,
-            current,
+            applying: Mutex::new(()),
             file_reload: Mutex::new(()),
         }
     }
@@ -60,7 +61,9 @@ impl Reloader {
     /// Applies `new`, all or nothing.
     pub fn apply(&self, new: Config) -> Result<(), ReloadError> {
         new.validate()?;
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.shared.live();
+        let current = &current.config;
         if current.listen.tls_enabled() != new.listen.tls_enabled() {
             return Err(ReloadError::TlsSwitch);
         }
@@ -70,26 +73,20 @@ impl Reloader {
             }
             _ => None,
         };
-        let sso = Sso::new(
-            &new.sso,
-            self.shared.upstream.clone(),
-            self.shared.metrics.clone(),
-            self.shared.decisions.clone(),
-        )?
-        .map(Arc::new);
-        warn_about_fixed_sections(&current, &new);
+        let live = Live::new(
+            in_force(current, new.clone()),
+            &self.shared.upstream,
+            &self.shared.metrics,
+            &self.shared.decisions,
+        )?;
+        warn_about_fixed_sections(current, &new);
         if let (Some(slot), Some(acceptor)) = (&self.tls, acceptor) {
             slot.store(Arc::new(acceptor));
         }
-        let policy = Arc::new(Policy {
-            origins: OriginPolicy::new(&new.listen.allowed_origins),
-            sso,
-        });
-        self.shared.policy.store(policy);
+        self.shared.live.store(Arc::new(live));
         for warning in new.warnings() {
             tracing::warn!("{warning}");
         }
-        *current = new;
         Ok(())
     }
 
@@ -115,10 +112,10 @@ impl Reloader {
     /// The files whose change triggers a reload: the config and the
     /// certificate files it names.
     fn watched_files(&self, config_path: &Path) -> Vec<PathBuf> {
-        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let live = self.shared.live();
         let mut files = vec![config_path.to_path_buf()];
-        files.extend(current.listen.tls_cert.clone());
-        files.extend(current.listen.tls_key.clone());
+        files.extend(live.config.listen.tls_cert.clone());
+        files.extend(live.config.listen.tls_key.clone());
         files
     }
 
@@ -148,6 +145,22 @@ impl Reloader {
             }
         });
     }
+}
+
+/// The config a reload puts in force: `new`'s reloadable settings (the
+/// certificate, the allowed origins, `[sso]` but for its decision memory)
+/// over the running rest, which only a restart changes.
+fn in_force(current: &Config, new: Config) -> Config {
+    let mut in_force = current.clone();
+    in_force.listen.tls_cert = new.listen.tls_cert;
+    in_force.listen.tls_key = new.listen.tls_key;
+    in_force.listen.allowed_origins = new.listen.allowed_origins;
+    in_force.sso = SsoConfig {
+        decision_ttl: current.sso.decision_ttl,
+        decision_capacity: current.sso.decision_capacity,
+        ..new.sso
+    };
+    in_force
 }
 
 /// Sections that only a restart applies: a change is logged, not applied.

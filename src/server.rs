@@ -29,11 +29,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::forward::ClientInfo;
+use crate::header_hygiene::ClientInfo;
 use crate::idle::Idle;
 use crate::metrics::ErrorKind;
-use crate::proxy::{Shared, handle};
 use crate::reload::SharedAcceptor;
+use crate::router::handle;
+use crate::state::Shared;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop
 /// does not spin.
@@ -94,7 +95,7 @@ pub fn spawn_admin(tcp: TcpListener, shared: Arc<Shared>, stop: CancellationToke
                 let service = move |request: Request<Incoming>| {
                     let shared = shared.clone();
                     async move {
-                        Ok::<_, std::convert::Infallible>(crate::proxy::admin(&shared, &request))
+                        Ok::<_, std::convert::Infallible>(crate::router::admin(&shared, &request))
                     }
                 };
                 serve_plain(stream, peer, limits, service, closing).await;
@@ -123,7 +124,8 @@ struct ConnectionLimits {
 
 impl ConnectionLimits {
     fn of(shared: &Shared) -> ConnectionLimits {
-        let listen = &shared.config.listen;
+        let live = shared.live();
+        let listen = &live.config.listen;
         ConnectionLimits {
             first_request: listen.header_read_timeout,
             header_read: listen.header_read_timeout,
@@ -415,7 +417,7 @@ async fn drain(shared: &Shared, connections: Connections) {
     shared.streams.close();
     connections.closing.cancel();
     connections.tasks.close();
-    let drain_timeout = shared.config.listen.drain_timeout;
+    let drain_timeout = shared.live().config.listen.drain_timeout;
     let requests = async {
         if tokio::time::timeout(drain_timeout, connections.tasks.wait())
             .await

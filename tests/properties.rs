@@ -15,10 +15,12 @@ use directline_proxy::config::Config;
 use directline_proxy::directline::activity::{
     self, ActivitySet, Markers, OAUTH_CARD, OAuthCard, PROXY_INVOKE_MARKER,
 };
+use directline_proxy::directline::filter::Requester;
 use directline_proxy::directline::inspect::Inspector;
 use directline_proxy::metrics::Metrics;
 use directline_proxy::sso::decisions::Decisions;
-use directline_proxy::sso::{ConversationContext, Requester, Sso};
+use directline_proxy::sso::filter::SignInConversation;
+use directline_proxy::sso::{ConversationContext, Sso};
 use directline_proxy::upstream::Upstream;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -432,7 +434,7 @@ fn sso_inspector() -> Inspector {
         requester: Requester::Anonymous,
         owner_matches: true,
     };
-    Inspector::new(Some(Arc::new(sso)), access)
+    Inspector::new(Arc::new(SignInConversation::new(Arc::new(sso), access)))
 }
 
 #[test]

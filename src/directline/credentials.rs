@@ -24,7 +24,7 @@ use super::route::Route;
 use crate::body::{BoxError, ProxyBody, full};
 use crate::config::DirectLineConfig;
 use crate::error::ProxyError;
-use crate::forward::ClientInfo;
+use crate::header_hygiene::ClientInfo;
 use crate::header_values::{bearer_value, single_value};
 use crate::quota::{KeyedRate, client_key};
 use crate::upstream::Upstream;

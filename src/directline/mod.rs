@@ -2,14 +2,94 @@
 
 pub mod activity;
 pub mod credentials;
+pub mod filter;
 pub mod frame;
 pub mod inspect;
 pub mod read_pool;
 pub mod relay;
 pub mod rest;
 pub mod route;
+pub mod state;
 pub mod stream;
 pub mod stream_url;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tracing::Instrument;
+
+use crate::body::ProxyBody;
+use crate::header_hygiene::ClientInfo;
+use crate::metrics::Transport;
+use filter::ActivityFilter;
+use route::Route;
+use state::RelayState;
+
+/// Serves one request under `/v3/directline/` whose path the router
+/// accepted: the route's quota, then the WebSocket or the REST relay.
+/// `sealed` is the request's `dlpx` value, already taken out of the URI;
+/// `sso` is the sign-in filter the request started with.
+pub async fn serve(
+    state: &RelayState,
+    sso: Option<&Arc<dyn ActivityFilter>>,
+    sealed: Option<String>,
+    request: Request<Incoming>,
+    client: &ClientInfo,
+) -> Response<ProxyBody> {
+    let route = Route::classify(request.method(), request.uri().path());
+    let client_key = || state.client_key(request.headers(), client);
+    if let Some(over) = state.quotas.admit(&route, client_key, &state.metrics) {
+        return over.into_response();
+    }
+    // The query is never logged: it can carry the stream token `t=`.
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route = route.name(),
+        conversation_id = route.conversation_id().unwrap_or(""),
+    );
+    async move {
+        let started = Instant::now();
+        let response = match route {
+            Route::Stream {
+                ref conversation_id,
+            } if stream::is_upgrade(&request) => {
+                // Counted as a WebSocket relay once the upgrade completes.
+                let sealed = sealed.as_deref();
+                // Boxed: the upgrade's state is large and rare; inline, it
+                // would grow every REST request's future (moved whole by
+                // hyper) by kilobytes.
+                Box::pin(stream::upgrade(
+                    state,
+                    sso,
+                    conversation_id,
+                    sealed,
+                    request,
+                    client,
+                ))
+                .await
+            }
+            _ => {
+                let transport = match route {
+                    Route::Poll { .. } => Transport::Polling,
+                    _ => Transport::Rest,
+                };
+                let _active = state.metrics.connection(transport);
+                rest::relay(state, sso, &route, request, client).await
+            }
+        };
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request done"
+        );
+        response
+    }
+    .instrument(span)
+    .await
+}
 
 /// Whether `bytes` hold a JSON object rather than another value, judged by
 /// the first byte after whitespace. Needed beside serde's derived structs:

@@ -11,29 +11,29 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::credentials::{Refusal, ServerCredentials};
+use super::filter::{ActivityFilter, ConversationFilter, Requester, SEALED_PARAM};
 use super::route::Route;
+use super::state::RelayState;
 use super::stream_url::{self, PublicBase};
 use crate::body::{BoxError, ProxyBody, full, limited};
 use crate::error::ProxyError;
-use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
+use crate::header_hygiene::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::ErrorKind;
-use crate::proxy::{Policy, Shared};
-use crate::sso::{ConversationContext, Requester, Sso, seal};
 use crate::upstream::{UpstreamBody, UpstreamError};
 
 /// What happens to the upstream's answer.
 enum Treatment {
     Pass,
     RewriteStreamUrl(PublicBase, Option<Sealing>),
-    InspectPoll(Arc<Sso>, ConversationContext),
+    InspectPoll(Arc<dyn ConversationFilter>),
 }
 
 /// With SSO on, what a rewritten `streamUrl` carries sealed: taken from the
 /// start or reconnect request before its headers are consumed.
 struct Sealing {
-    sso: Arc<Sso>,
+    sso: Arc<dyn ActivityFilter>,
     requester: Requester,
-    inputs: HeaderMap,
+    captured: HeaderMap,
 }
 
 impl Treatment {
@@ -43,42 +43,42 @@ impl Treatment {
 }
 
 pub async fn relay(
-    shared: &Shared,
-    policy: &Policy,
+    state: &RelayState,
+    sso: Option<&Arc<dyn ActivityFilter>>,
     route: &Route,
     request: Request<Incoming>,
     client: &ClientInfo,
 ) -> Response<ProxyBody> {
     let client_version = request.version();
-    if let Some(response) = reject_oversized(shared, request.headers()) {
+    if let Some(response) = reject_oversized(state, request.headers()) {
         return response;
     }
-    let treatment = treatment(shared, policy, route, &request);
-    let body_limit = shared.config.limits.max_request_body_bytes;
+    let treatment = treatment(state, sso, route, &request);
+    let body_limit = state.max_request_body_bytes;
     let mut request = request.map(|body| limited(body, body_limit));
-    if let Some(credentials) = &shared.credentials
+    if let Some(credentials) = &state.credentials
         && ServerCredentials::applies(route, request.headers())
     {
-        let trust = shared.config.listen.trust_forwarded_headers;
+        let trust = state.trust_forwarded_headers;
         // Boxed, like the other rare branches below: kept out of the
         // plain relay's future, which hyper moves whole per request.
-        request = match Box::pin(credentials.apply(route, request, client, trust, &shared.upstream))
+        request = match Box::pin(credentials.apply(route, request, client, trust, &state.upstream))
             .await
         {
             Ok(request) => request,
             Err(refusal) => {
                 if matches!(refusal, Refusal::TooMany(_)) {
-                    shared.metrics.quota_rejected("mint");
+                    state.metrics.quota_rejected("mint");
                 }
                 return refusal.into_response();
             }
         };
     }
-    let upstream_request = match upstream_request(shared, policy, &treatment, request, client) {
+    let upstream_request = match upstream_request(state, sso, &treatment, request, client) {
         Ok(req) => req,
         Err(error) => return ProxyError::from(error).into_response(),
     };
-    let response = match shared.upstream.send(upstream_request, route.name()).await {
+    let response = match state.upstream.send(upstream_request, route.name()).await {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(%error, "upstream request failed");
@@ -91,15 +91,15 @@ pub async fn relay(
     if !treatment.reads_body() || !parts.status.is_success() {
         return Response::from_parts(parts, body.map_err(BoxError::from).boxed());
     }
-    let bytes = match read_whole(shared, body).await {
+    let bytes = match read_whole(state, body).await {
         Ok(bytes) => bytes,
         Err(response) => return response,
     };
     let rewritten = match &treatment {
         Treatment::RewriteStreamUrl(public, sealing) => {
-            rewrite_stream_url(shared, &bytes, public, sealing.as_ref())
+            rewrite_stream_url(state, &bytes, public, sealing.as_ref())
         }
-        Treatment::InspectPoll(sso, context) => Box::pin(sso.process(context, &bytes)).await,
+        Treatment::InspectPoll(filter) => filter.filter(&bytes).await,
         Treatment::Pass => None,
     };
     let body = match rewritten {
@@ -113,79 +113,74 @@ pub async fn relay(
 }
 
 fn treatment<B>(
-    shared: &Shared,
-    policy: &Policy,
+    state: &RelayState,
+    sso: Option<&Arc<dyn ActivityFilter>>,
     route: &Route,
     request: &Request<B>,
 ) -> Treatment {
     let headers = request.headers();
-    match (route, policy.sso.clone()) {
+    match (route, sso.cloned()) {
         (Route::StartConversation | Route::Reconnect { .. }, sso) => {
-            let Some(public) = shared.public_base(request.uri(), headers) else {
+            let Some(public) = state.public_base(request.uri(), headers) else {
                 return Treatment::Pass;
             };
             let sealing = sso.map(|sso| Sealing {
-                requester: shared.requester(headers),
-                inputs: sso.capture_headers(headers),
+                requester: state.requester(headers),
+                captured: sso.capture(headers),
                 sso,
             });
             Treatment::RewriteStreamUrl(public, sealing)
         }
         (Route::Poll { conversation_id }, Some(sso)) => {
-            let context = sso.context_for_poll(conversation_id, headers, shared.requester(headers));
-            Treatment::InspectPoll(sso, context)
+            Treatment::InspectPoll(sso.for_poll(conversation_id, headers, state.requester(headers)))
         }
         _ => Treatment::Pass,
     }
 }
 
-fn reject_oversized(shared: &Shared, headers: &HeaderMap) -> Option<Response<ProxyBody>> {
+fn reject_oversized(state: &RelayState, headers: &HeaderMap) -> Option<Response<ProxyBody>> {
     let length: u64 = headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
         .ok()?
         .parse()
         .ok()?;
-    (length > shared.config.limits.max_request_body_bytes).then(|| {
-        shared.metrics.error(ErrorKind::RequestTooLarge);
+    (length > state.max_request_body_bytes).then(|| {
+        state.metrics.error(ErrorKind::RequestTooLarge);
         ProxyError::BodyTooLarge.into_response()
     })
 }
 
 fn upstream_request(
-    shared: &Shared,
-    policy: &Policy,
+    state: &RelayState,
+    sso: Option<&Arc<dyn ActivityFilter>>,
     treatment: &Treatment,
     request: Request<ProxyBody>,
     client: &ClientInfo,
 ) -> Result<Request<ProxyBody>, UpstreamError> {
     let (mut parts, body) = request.into_parts();
-    parts.uri = shared.upstream.url_for(&parts.uri)?;
+    parts.uri = state.upstream.url_for(&parts.uri)?;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
-    for consumed in shared.consumed_headers(policy) {
+    for consumed in state.consumed_headers(sso) {
         parts.headers.remove(consumed);
     }
     if treatment.reads_body() {
         // The body is read and rewritten, so it must arrive uncompressed.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
-    add_forwarded_headers(
-        &mut parts.headers,
-        client,
-        shared.config.listen.trust_forwarded_headers,
-    );
+    add_forwarded_headers(&mut parts.headers, client, state.trust_forwarded_headers);
     Ok(Request::from_parts(parts, body))
 }
 
-async fn read_whole(shared: &Shared, body: UpstreamBody) -> Result<Bytes, Response<ProxyBody>> {
-    let limit = shared.config.limits.max_rewrite_body_bytes;
+async fn read_whole(state: &RelayState, body: UpstreamBody) -> Result<Bytes, Response<ProxyBody>> {
+    let limit = state.max_rewrite_body_bytes;
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) => {
             tracing::warn!(%error, "upstream response could not be read whole");
-            shared.metrics.error(ErrorKind::ResponseUnreadable);
+            state.metrics.error(ErrorKind::ResponseUnreadable);
             Err(ProxyError::UnreadableResponse.into_response())
         }
     }
@@ -195,21 +190,22 @@ async fn read_whole(shared: &Shared, body: UpstreamBody) -> Result<Bytes, Respon
 /// conversation token the stream relay needs for the invoke flow, and the
 /// conversation's owner.
 fn rewrite_stream_url(
-    shared: &Shared,
+    state: &RelayState,
     bytes: &[u8],
     public: &PublicBase,
     sealing: Option<&Sealing>,
 ) -> Option<Vec<u8>> {
     let sealed = sealing.and_then(|sealing| {
         let (conversation_id, token) = stream_url::conversation_and_token(bytes)?;
-        sealing
-            .sso
-            .seal_stream_context(&conversation_id, token, &sealing.requester, &sealing.inputs)
-            .inspect_err(|error| tracing::warn!(%error, "stream context not sealed"))
-            .ok()
+        sealing.sso.seal(
+            &conversation_id,
+            token,
+            &sealing.requester,
+            &sealing.captured,
+        )
     });
-    let extra = sealed.as_deref().map(|value| (seal::PARAM, value));
-    let upstream_path = shared.upstream.base().path();
+    let extra = sealed.as_deref().map(|value| (SEALED_PARAM, value));
+    let upstream_path = state.upstream.base().path();
     match stream_url::rewrite(bytes, public, upstream_path, extra) {
         Ok(rewritten) => rewritten,
         Err(error) => {

@@ -5,6 +5,8 @@
 //! handshake upstream, check the upstream's 101, answer the client with it,
 //! then turn both upgraded connections into tungstenite streams.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::header::{self, HeaderValue};
@@ -17,13 +19,14 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::Instrument;
 
+use super::filter::ActivityFilter;
 use super::inspect::Inspector;
 use super::relay;
+use super::state::RelayState;
 use crate::body::{BoxError, ProxyBody, empty};
 use crate::error::ProxyError;
-use crate::forward::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
+use crate::header_hygiene::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::{ErrorKind, Transport};
-use crate::proxy::{Policy, Shared};
 use crate::quota::OpenStream;
 use crate::upstream::UpstreamError;
 
@@ -65,8 +68,8 @@ fn handshake_refusal(headers: &http::HeaderMap) -> Option<Response<ProxyBody>> {
 /// and spawns the relay, otherwise passes the upstream's answer through.
 /// `sealed` is the stream's `dlpx` value, already taken out of the URI.
 pub async fn upgrade(
-    shared: &Shared,
-    policy: &Policy,
+    state: &RelayState,
+    sso: Option<&Arc<dyn ActivityFilter>>,
     conversation_id: &str,
     sealed: Option<&str>,
     mut request: Request<Incoming>,
@@ -75,25 +78,25 @@ pub async fn upgrade(
     if let Some(refusal) = handshake_refusal(request.headers()) {
         return refusal;
     }
-    let inspector = inspector_for(shared, policy, conversation_id, sealed, &request);
+    let inspector = inspector_for(state, sso, conversation_id, sealed, &request);
     let Some(websocket_key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return ProxyError::BadHandshake.into_response();
     };
-    let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
-        shared.metrics.error(ErrorKind::ConnectionLimit);
+    let Ok(slot) = state.lifecycle.connection_slots.clone().try_acquire_owned() else {
+        state.metrics.error(ErrorKind::ConnectionLimit);
         return ProxyError::AtConnectionLimit.into_response();
     };
-    let client_key = || shared.client_key(request.headers(), client);
-    let open_stream = match shared.quotas.open_stream(client_key, &shared.metrics) {
+    let client_key = || state.client_key(request.headers(), client);
+    let open_stream = match state.quotas.open_stream(client_key, &state.metrics) {
         Ok(open) => open,
         Err(over) => return over.into_response(),
     };
     let client_upgrade = hyper::upgrade::on(&mut request);
-    let upstream_request = match upstream_handshake(shared, policy, request, client) {
+    let upstream_request = match upstream_handshake(state, sso, request, client) {
         Ok(req) => req,
         Err(error) => return ProxyError::from(error).into_response(),
     };
-    let mut upstream_response = match shared
+    let mut upstream_response = match state
         .upstream
         .send_upgrade(upstream_request, "stream")
         .await
@@ -112,7 +115,7 @@ pub async fn upgrade(
     }
     if !accept_key_matches(&websocket_key, &upstream_response) {
         tracing::warn!("upstream answered the WebSocket handshake with a wrong accept key");
-        shared.metrics.error(ErrorKind::WebsocketHandshake);
+        state.metrics.error(ErrorKind::WebsocketHandshake);
         return ProxyError::StreamHandshake.into_response();
     }
     if upstream_response
@@ -122,7 +125,7 @@ pub async fn upgrade(
         // The proxy never offers one (RFC 6455 section 4.1: the client must
         // then fail the connection), and could not read compressed frames.
         tracing::warn!("upstream accepted a WebSocket extension the proxy never offered");
-        shared.metrics.error(ErrorKind::WebsocketHandshake);
+        state.metrics.error(ErrorKind::WebsocketHandshake);
         return ProxyError::StreamHandshake.into_response();
     }
     let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
@@ -131,25 +134,24 @@ pub async fn upgrade(
         _slot: slot,
         _open_stream: open_stream,
     };
-    spawn_relay(shared, client_upgrade, upstream_upgrade, held, inspector);
+    spawn_relay(state, client_upgrade, upstream_upgrade, held, inspector);
     response
 }
 
 /// With SSO on: what the stream needs to act for its user, from the sealed
 /// context and the handshake's headers.
 fn inspector_for(
-    shared: &Shared,
-    policy: &Policy,
+    state: &RelayState,
+    sso: Option<&Arc<dyn ActivityFilter>>,
     conversation_id: &str,
     sealed: Option<&str>,
     request: &Request<Incoming>,
 ) -> Inspector {
-    let Some(sso) = policy.sso.clone() else {
+    let Some(sso) = sso.cloned() else {
         return Inspector::default();
     };
-    let requester = shared.requester(request.headers());
-    let context = sso.context_for_stream(conversation_id, sealed, request.headers(), requester);
-    Inspector::new(Some(sso), context)
+    let requester = state.requester(request.headers());
+    Inspector::new(sso.for_stream(conversation_id, sealed, request.headers(), requester))
 }
 
 /// The upstream's `Sec-WebSocket-Accept` answers the client's key: the
@@ -163,16 +165,16 @@ fn accept_key_matches(client_key: &HeaderValue, upstream: &Response<Incoming>) -
 }
 
 fn upstream_handshake(
-    shared: &Shared,
-    policy: &Policy,
+    state: &RelayState,
+    sso: Option<&Arc<dyn ActivityFilter>>,
     request: Request<Incoming>,
     client: &ClientInfo,
 ) -> Result<Request<ProxyBody>, UpstreamError> {
     let (mut parts, _body) = request.into_parts();
-    parts.uri = shared.upstream.url_for(&parts.uri)?;
+    parts.uri = state.upstream.url_for(&parts.uri)?;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
-    for consumed in shared.consumed_headers(policy) {
+    for consumed in state.consumed_headers(sso) {
         parts.headers.remove(consumed);
     }
     // Frames must stay readable: no compression extension is negotiated.
@@ -183,11 +185,7 @@ fn upstream_handshake(
     parts
         .headers
         .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    add_forwarded_headers(
-        &mut parts.headers,
-        client,
-        shared.config.listen.trust_forwarded_headers,
-    );
+    add_forwarded_headers(&mut parts.headers, client, state.trust_forwarded_headers);
     Ok(Request::from_parts(parts, empty()))
 }
 
@@ -211,20 +209,20 @@ struct Held {
 }
 
 fn spawn_relay(
-    shared: &Shared,
+    state: &RelayState,
     client: OnUpgrade,
     upstream: OnUpgrade,
     held: Held,
     inspector: Inspector,
 ) {
     let settings = relay::RelaySettings {
-        close_timeout: shared.config.websocket.close_timeout,
-        shutdown: shared.shutdown.clone(),
+        close_timeout: state.close_timeout,
+        shutdown: state.lifecycle.shutdown.clone(),
         inspector,
-        counters: shared.metrics.relay_counters(),
-        limits: shared.frame_limits,
+        counters: state.metrics.relay_counters(),
+        limits: state.frame_limits,
     };
-    let metrics = shared.metrics.clone();
+    let metrics = state.metrics.clone();
     let span = tracing::Span::current();
     let task = async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
@@ -246,5 +244,5 @@ fn spawn_relay(
         drop(held);
     }
     .instrument(span);
-    shared.streams.spawn(task);
+    state.lifecycle.streams.spawn(task);
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use thiserror::Error;
 
-use crate::forward::{X_FORWARDED_HOST, X_FORWARDED_PROTO, nearest_forwarded};
+use crate::header_hygiene::{X_FORWARDED_HOST, X_FORWARDED_PROTO, nearest_forwarded};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RewriteError {

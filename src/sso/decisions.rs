@@ -2,6 +2,11 @@
 //! a TTL), and a card being decided is decided once even when the stream
 //! and a poll see it at the same time.
 //!
+//! Hand-written, not a cache crate's "get or compute": a decision whose
+//! future is dropped mid-exchange is recorded as a failure (a token post
+//! may already have gone out), where such a crate lets a waiting caller run
+//! the exchange again.
+//!
 //! Keys are SHA-256 digests of (conversation id, card id), so an entry costs
 //! the same whatever the ids' length: memory is bounded in bytes by the
 //! capacity (about [`BYTES_PER_ENTRY`] each).

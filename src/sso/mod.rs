@@ -13,6 +13,7 @@
 
 pub mod allow_list;
 pub mod decisions;
+pub mod filter;
 pub mod flows;
 pub mod limits;
 pub mod outcome;
@@ -28,6 +29,7 @@ use thiserror::Error;
 
 use crate::config::SsoConfig;
 use crate::directline::activity::{self, ActivitySet, Markers, OAuthCard};
+use crate::directline::filter::Requester;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::upstream::{HttpClient, Upstream};
 use allow_list::AllowList;
@@ -69,17 +71,6 @@ pub struct ConversationContext {
     /// False when the conversation's sealed owner is someone other than the
     /// requester: nothing is decided for them.
     pub owner_matches: bool,
-}
-
-/// The person behind a stream or poll.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Requester {
-    /// User binding is off (`directline.user_id_header` unset): the proxy
-    /// cannot name users.
-    Anonymous,
-    /// User binding is on: the requester's bound id, `None` when the
-    /// request lacked the header (then nothing is decided).
-    Bound(Option<String>),
 }
 
 pub struct Sso {
@@ -127,12 +118,12 @@ impl Sso {
     }
 
     /// The user-request headers the provider reads.
-    pub fn header_names(&self) -> Vec<http::HeaderName> {
+    fn header_names(&self) -> Vec<http::HeaderName> {
         self.provider.consumed_headers()
     }
 
     /// Only the headers the provider reads are kept from a user's request.
-    pub fn capture_headers(&self, headers: &HeaderMap) -> HeaderMap {
+    fn capture_headers(&self, headers: &HeaderMap) -> HeaderMap {
         let mut kept = HeaderMap::new();
         for name in self.provider.consumed_headers() {
             for value in headers.get_all(&name) {
@@ -146,7 +137,7 @@ impl Sso {
     /// and, when the proxy can tell, who the conversation belongs to: the
     /// bound user, else a fingerprint of the provider's inputs that the
     /// start (or reconnect) request carried.
-    pub fn seal_stream_context(
+    fn seal_stream_context(
         &self,
         conversation_id: &str,
         token: String,
@@ -167,7 +158,7 @@ impl Sso {
     /// What a stream may do, from its handshake: the sealed context (if it
     /// opens) gives the conversation token and the owner, who must be the
     /// requester.
-    pub fn context_for_stream(
+    fn context_for_stream(
         &self,
         conversation_id: &str,
         sealed: Option<&str>,
@@ -200,7 +191,7 @@ impl Sso {
     }
 
     /// What a poll may do: it carries the conversation token itself.
-    pub fn context_for_poll(
+    fn context_for_poll(
         &self,
         conversation_id: &str,
         request_headers: &HeaderMap,
@@ -222,15 +213,15 @@ impl Sso {
         }
     }
 
-    /// The set with exchanged cards and proxy echoes removed, or `None` when
-    /// the bytes go out unchanged.
     /// The fast path's test: without a marker, [`Sso::process`] would
     /// leave the bytes as they are.
-    pub fn may_act_on(&self, bytes: &[u8]) -> bool {
+    fn may_act_on(&self, bytes: &[u8]) -> bool {
         self.markers.present(bytes)
     }
 
-    pub async fn process(&self, context: &ConversationContext, bytes: &[u8]) -> Option<Vec<u8>> {
+    /// The set with exchanged cards and proxy echoes removed, or `None` when
+    /// the bytes go out unchanged.
+    async fn process(&self, context: &ConversationContext, bytes: &[u8]) -> Option<Vec<u8>> {
         if !self.markers.present(bytes) {
             return None;
         }
@@ -470,7 +461,7 @@ impl Sso {
     }
 
     /// Opens a stream's sealed context; a refusal is counted and logged.
-    pub fn open_stream_context(&self, conversation_id: &str, sealed: &str) -> Option<Opened> {
+    fn open_stream_context(&self, conversation_id: &str, sealed: &str) -> Option<Opened> {
         match self.sealer.open(conversation_id, sealed) {
             Ok(opened) => Some(opened),
             Err(error) => {

@@ -26,8 +26,6 @@ use thiserror::Error;
 
 use crate::config::SEAL_KEY_LEN as KEY_LEN;
 
-/// The query parameter carrying the sealed context.
-pub const PARAM: &str = "dlpx";
 const VERSION: u8 = 1;
 /// Derives the fingerprint key from a sealing key, so one key never serves two purposes.
 const FINGERPRINT_LABEL: &[u8] = b"directline-proxy owner fingerprint v1";

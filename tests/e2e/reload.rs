@@ -5,9 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use directline_proxy::config::{Config, ProviderKind};
 use directline_proxy::emulator::{Emulator, OAUTH_CARD};
-use http::StatusCode;
+use http::{Method, StatusCode};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::net::TcpStream;
@@ -241,4 +242,60 @@ async fn sighup_the_moment_the_binary_listens_reloads_instead_of_killing_it() {
     assert_eq!(metric(&http, &base, applied).await, 1.0);
     assert!(!card_reaches_client(&http, &base, emulator.secret()).await);
     emulator.shutdown().await;
+}
+
+async fn start_status(stack: &Stack, origin: &str) -> StatusCode {
+    let auth = format!("Bearer {}", stack.secret());
+    let headers = [("authorization", auth.as_str()), ("origin", origin)];
+    let url = stack.proxy_url("/v3/directline/conversations");
+    stack
+        .http
+        .send(Method::POST, &url, &headers, Bytes::new())
+        .await
+        .status
+}
+
+#[tokio::test]
+async fn after_a_reload_requests_are_checked_against_the_new_origins_not_the_old() {
+    const OLD: &str = "https://old.contoso.com";
+    const NEW: &str = "https://new.contoso.com";
+    let stack = Stack::start_with(quiet_emulator(), |c| {
+        c.listen.allowed_origins = vec![OLD.into()];
+    })
+    .await;
+    assert_eq!(start_status(&stack, OLD).await, StatusCode::CREATED);
+    assert_eq!(start_status(&stack, NEW).await, StatusCode::FORBIDDEN);
+
+    let mut reloaded = crate::common::proxy_config(&stack.emulator.base_url());
+    reloaded.listen.allowed_origins = vec![NEW.into()];
+    stack.proxy.reload(reloaded).expect("reloaded");
+    assert_eq!(start_status(&stack, NEW).await, StatusCode::CREATED);
+    assert_eq!(start_status(&stack, OLD).await, StatusCode::FORBIDDEN);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reloaded_change_to_a_restart_only_section_does_not_take_effect() {
+    let stack = Stack::start().await;
+    let metrics_url = stack.proxy_url("/metrics");
+    assert_eq!(
+        stack.http.get(&metrics_url, "").await.status,
+        StatusCode::OK
+    );
+
+    let mut reloaded = crate::common::proxy_config(&stack.emulator.base_url());
+    reloaded.metrics.enabled = false;
+    stack.proxy.reload(reloaded.clone()).expect("reloaded");
+    assert_eq!(
+        stack.http.get(&metrics_url, "").await.status,
+        StatusCode::OK,
+        "[metrics] needs a restart"
+    );
+    // A second reload of the same file still leaves the running section.
+    stack.proxy.reload(reloaded).expect("reloaded again");
+    assert_eq!(
+        stack.http.get(&metrics_url, "").await.status,
+        StatusCode::OK
+    );
+    stack.shutdown().await;
 }

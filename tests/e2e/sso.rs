@@ -1,6 +1,8 @@
 //! Server-side SSO end to end: the emulator's bot sends OAuth cards, the
 //! proxy exchanges the user's token and removes them, or fails open.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -806,6 +808,78 @@ async fn oauth2_on_behalf_of_sends_the_entra_request_shape() {
         request.form_value("scope").as_deref(),
         Some(EXCHANGE_URI),
         "a URI naming a scope is kept"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn oauth2_a_token_without_a_lifetime_is_not_reused() {
+    let endpoint = Endpoint::start(Duration::ZERO, |_| {
+        let answer = json!({"access_token": USER_TOKEN, "token_type": "Bearer"});
+        (StatusCode::OK, answer.to_string())
+    })
+    .await;
+    let stack = oauth2_stack(
+        Grant::TokenExchange,
+        &endpoint,
+        "TEST_DL_NO_LIFETIME_SECRET",
+    )
+    .await;
+    sign_in_with_incoming_token(&stack, "incoming-user-token", 2).await;
+    assert_eq!(endpoint.seen().len(), 2, "each card asked the endpoint");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn oauth2_a_failed_exchange_is_not_remembered() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let endpoint = Endpoint::start(Duration::ZERO, move |seen| {
+        if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"error":"temporarily_unavailable"}"#.into(),
+            )
+        } else {
+            token_answer(seen)
+        }
+    })
+    .await;
+    let stack = oauth2_stack(Grant::TokenExchange, &endpoint, "TEST_DL_RETRY_SECRET").await;
+    let conv = stack.start_conversation().await;
+    let mut ws =
+        ws_connect_with_header(&conv.stream_url, "x-forwarded-access-token", "incoming").await;
+    assert_eq!(
+        conv.say(&stack.http, "signin exchange").await.status,
+        StatusCode::OK
+    );
+    let seen = activities_through(&stack, &conv, &mut ws, "then").await;
+    assert_eq!(seen.iter().filter(|a| is_oauth_card(a)).count(), 1);
+    assert_eq!(
+        conv.say(&stack.http, "signin exchange").await.status,
+        StatusCode::OK
+    );
+    assert_no_card_and_no_invoke(&activities_until(&mut ws, SIGNED_IN).await);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the failure was asked again"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn oauth2_concurrent_cards_of_one_user_and_resource_share_one_exchange() {
+    let endpoint = Endpoint::start(Duration::from_millis(500), token_answer).await;
+    let stack = oauth2_stack(Grant::TokenExchange, &endpoint, "TEST_DL_SHARED_SECRET").await;
+    tokio::join!(
+        sign_in_with_incoming_token(&stack, "incoming-user-token", 1),
+        sign_in_with_incoming_token(&stack, "incoming-user-token", 1),
+    );
+    assert_eq!(
+        endpoint.seen().len(),
+        1,
+        "the second card waited for the first"
     );
     stack.shutdown().await;
 }

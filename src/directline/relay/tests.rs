@@ -1,11 +1,11 @@
 //! The frame relay over in-memory sockets: byte fidelity under any
 //! chunking, the card path, limits, protocol breaks, and idle memory.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use http::HeaderMap;
+use futures_util::future::BoxFuture;
 use proptest::prelude::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -13,14 +13,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::config::{ProviderKind, SsoConfig, StaticProviderConfig, UpstreamConfig};
-use crate::directline::activity::OAUTH_CARD;
+use crate::directline::activity::{self, ActivitySet, Markers, OAUTH_CARD};
+use crate::directline::filter::ConversationFilter;
 use crate::metrics::{Metrics, RelayCounters};
-use crate::sso::decisions::{self, Begin, Decisions};
-use crate::sso::{ConversationContext, Requester, Sso};
-use crate::upstream::Upstream;
 
-const CONVERSATION: &str = "conv-1";
 const EXCHANGED_CARD: &str = "card-exchanged";
 /// Far beyond what an in-memory relay needs; reached only if it hangs.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -33,45 +29,37 @@ fn limits(read_chunk_bytes: usize) -> FrameLimits {
     }
 }
 
-/// An SSO inspector for which the card `EXCHANGED_CARD` was exchanged
-/// before, so removing it needs no provider and no upstream. The engine is
-/// built once: its upstream client loads the platform's certificates.
+/// A filter that removes the card `EXCHANGED_CARD` (as sign-in does once
+/// it exchanged that card) and leaves every other set unchanged: the relay
+/// is tested against the filter contract; the real sign-in filter is tested
+/// in `sso::filter` and end to end.
+struct RemovesExchangedCard {
+    markers: Markers,
+}
+
+impl ConversationFilter for RemovesExchangedCard {
+    fn wants(&self, set: &[u8]) -> bool {
+        self.markers.present(set)
+    }
+
+    fn filter<'a>(&'a self, bytes: &'a [u8]) -> BoxFuture<'a, Option<Vec<u8>>> {
+        let rewritten = ActivitySet::parse(bytes).and_then(|set| {
+            let findings = activity::scan(&set, &self.markers);
+            let exchanged: Vec<_> = findings
+                .cards
+                .iter()
+                .filter(|card| card.id() == Some(EXCHANGED_CARD))
+                .collect();
+            (!exchanged.is_empty()).then(|| activity::rewrite(&set, &findings, &exchanged))
+        });
+        Box::pin(std::future::ready(rewritten))
+    }
+}
+
 fn sso_inspector() -> Inspector {
-    static SSO: OnceLock<Arc<Sso>> = OnceLock::new();
-    let sso = SSO.get_or_init(|| {
-        let metrics = Arc::new(Metrics::new());
-        let config = SsoConfig {
-            provider: ProviderKind::Static,
-            static_token: Some(StaticProviderConfig {
-                token: "user-token".into(),
-            }),
-            ..SsoConfig::default()
-        };
-        // A port nothing listens on: an invoke fails at once, on this host.
-        let nowhere = UpstreamConfig {
-            url: http::Uri::from_static("http://127.0.0.1:1"),
-            ..UpstreamConfig::default()
-        };
-        let upstream = Upstream::new(&nowhere, metrics.clone()).expect("an upstream client");
-        let decisions = Arc::new(Decisions::new(Duration::from_secs(3600), 100));
-        let Begin::Lead(lead) = decisions.begin(decisions::key(CONVERSATION, EXCHANGED_CARD))
-        else {
-            panic!("a fresh decision memory");
-        };
-        lead.finish(true);
-        let sso = Sso::new(&config, Arc::new(upstream), metrics, decisions)
-            .expect("valid SSO")
-            .expect("SSO on");
-        Arc::new(sso)
-    });
-    let context = ConversationContext {
-        conversation_id: CONVERSATION.into(),
-        token: Some("conversation-token".into()),
-        user_headers: HeaderMap::new(),
-        requester: Requester::Anonymous,
-        owner_matches: true,
-    };
-    Inspector::new(Some(sso.clone()), context)
+    Inspector::new(Arc::new(RemovesExchangedCard {
+        markers: Markers::default(),
+    }))
 }
 
 struct Wires {

@@ -23,7 +23,7 @@ pub struct TokenRequest<'a> {
     pub user_headers: &'a HeaderMap,
 }
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum ProviderError {
     /// The provider answered: this user has no token (signed out, 401...).
     #[error("no token: {0}")]

@@ -2,10 +2,10 @@
 //! ingress) at an OAuth 2.0 token endpoint for one whose audience is the
 //! card's resource: RFC 8693 token exchange, or Microsoft Entra ID's
 //! on-behalf-of flow. Results are cached per (user token, resource) until
-//! shortly before they expire.
+//! shortly before they expire; concurrent requests for the same pair share
+//! one exchange, and a failed exchange is not remembered.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -14,6 +14,8 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Limited};
+use moka::Expiry;
+use moka::future::Cache;
 use serde::Deserialize;
 
 use super::header::token_from;
@@ -28,7 +30,7 @@ pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_tok
 /// A cached token is dropped this long before it expires.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 const MAX_ANSWER_BYTES: usize = 256 * 1024;
-const CACHE_CAPACITY: usize = 10_000;
+const CACHE_CAPACITY: u64 = 10_000;
 
 impl TokenProvider for OAuth2Provider {
     fn name(&self) -> &'static str {
@@ -65,7 +67,42 @@ pub struct OAuth2Provider {
     client: HttpClient,
     /// Keyed by a digest of (incoming token, resource): the raw incoming
     /// token is not kept.
-    cache: Mutex<HashMap<Vec<u8>, (String, Instant)>>,
+    cache: Cache<Vec<u8>, Exchanged>,
+}
+
+/// A token from the endpoint and how long it may be reused.
+#[derive(Clone)]
+struct Exchanged {
+    token: String,
+    reusable_for: Duration,
+}
+
+impl Exchanged {
+    /// A token without a lifetime (or one shorter than the margin) is given
+    /// only to the requests that waited for this exchange, never reused.
+    fn new(token: String, lifetime: Option<Duration>) -> Exchanged {
+        let reusable_for = lifetime
+            .and_then(|lifetime| lifetime.checked_sub(EXPIRY_MARGIN))
+            .unwrap_or(Duration::ZERO);
+        Exchanged {
+            token,
+            reusable_for,
+        }
+    }
+}
+
+/// Each cached token expires shortly before the endpoint said it would.
+struct UntilShortlyBeforeExpiry;
+
+impl Expiry<Vec<u8>, Exchanged> for UntilShortlyBeforeExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &Vec<u8>,
+        value: &Exchanged,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.reusable_for)
+    }
 }
 
 #[derive(Deserialize)]
@@ -108,7 +145,10 @@ impl OAuth2Provider {
                 .map_err(|_| ProviderSetupError::Invalid("sso.oauth2.header"))?,
             allowed_resources: config.allowed_resources.clone(),
             client,
-            cache: Mutex::new(HashMap::new()),
+            cache: Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .expire_after(UntilShortlyBeforeExpiry)
+                .build(),
         })
     }
 
@@ -126,15 +166,15 @@ impl OAuth2Provider {
         let resource = request.resource_uri.ok_or_else(|| {
             ProviderError::NoToken("the card names no resource to exchange for".into())
         })?;
-        let key = cache_key(&incoming, resource);
-        if let Some(token) = self.cached(&key) {
-            return Ok(token);
-        }
-        let (token, lifetime) = self.exchange(&incoming, resource).await?;
-        if let Some(lifetime) = lifetime.and_then(|l| l.checked_sub(EXPIRY_MARGIN)) {
-            self.remember(key, token.clone(), Instant::now() + lifetime);
-        }
-        Ok(token)
+        let exchange = async {
+            let (token, lifetime) = self.exchange(&incoming, resource).await?;
+            Ok(Exchanged::new(token, lifetime))
+        };
+        self.cache
+            .try_get_with(cache_key(&incoming, resource), exchange)
+            .await
+            .map(|exchanged| exchanged.token)
+            .map_err(|error: Arc<ProviderError>| (*error).clone())
     }
 
     async fn exchange(
@@ -204,26 +244,6 @@ impl OAuth2Provider {
             encode(&self.client_secret)
         );
         format!("Basic {}", STANDARD.encode(pair))
-    }
-
-    fn cached(&self, key: &[u8]) -> Option<String> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .get(key)
-            .filter(|(_, until)| Instant::now() < *until)
-            .map(|(token, _)| token.clone())
-    }
-
-    fn remember(&self, key: Vec<u8>, token: String, until: Instant) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_CAPACITY {
-            let now = Instant::now();
-            cache.retain(|_, (_, until)| now < *until);
-            if cache.len() >= CACHE_CAPACITY {
-                cache.clear();
-            }
-        }
-        cache.insert(key, (token, until));
     }
 }
 
