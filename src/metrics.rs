@@ -1,4 +1,4 @@
-//! Prometheus metrics (`GET /metrics`, OpenMetrics text format).
+//! Prometheus metrics (`GET /metrics`, Prometheus text format 0.0.4).
 //!
 //! Label values are fixed sets (route names, flows, outcomes, kinds), never
 //! a conversation id, user or token. Every series of those sets exists from
@@ -15,13 +15,14 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::config::{Flow, ProviderKind};
 use crate::sso::outcome::Outcome;
 
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Prometheus text format, which every scraper and `promtool check
+/// metrics` read (promtool does not parse OpenMetrics).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
@@ -234,6 +235,11 @@ struct ErrorLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct QuotaLabels {
     quota: &'static str,
 }
@@ -436,11 +442,15 @@ impl Metrics {
             "Requests answered 429 by quota (mint, conversations, activities, streams)",
             self.quota_rejections.clone(),
         );
-        r.register(
-            "build",
-            "Build information",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        // A gauge at 1, the Prometheus convention for build information:
+        // OpenMetrics' info type has no Prometheus text form.
+        let build = Family::<VersionLabels, Gauge>::default();
+        build
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        r.register("build_info", "Build information", build);
         self
     }
 
@@ -455,7 +465,7 @@ impl Metrics {
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::warn!(%error, "metrics could not be encoded");
         }
-        text
+        prometheus_text(&text)
     }
 
     /// Counts a request or relay; it stays active until the guard drops.
@@ -557,6 +567,46 @@ impl Metrics {
             })
             .inc();
     }
+}
+
+/// The Prometheus text form of the encoder's OpenMetrics text. The two
+/// differ, for what this registry holds, only in that a counter's `# HELP`
+/// and `# TYPE` name its samples (`..._total`) rather than its family, and
+/// that Prometheus text has no `# UNIT` and no `# EOF`.
+fn prometheus_text(open_metrics: &str) -> String {
+    let counters: Vec<&str> = open_metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(open_metrics.len() + 16 * counters.len());
+    for line in open_metrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        match comment_naming_a_counter(line, &counters) {
+            Some((keyword, family, rest)) => {
+                text.push_str(&format!("# {keyword} {family}_total{rest}"));
+            }
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// `# HELP name rest` or `# TYPE name rest` where `name` is a counter's
+/// family: (keyword, name, rest with its leading space).
+fn comment_naming_a_counter<'a>(
+    line: &'a str,
+    counters: &[&str],
+) -> Option<(&'a str, &'a str, &'a str)> {
+    let (keyword, rest) = line
+        .strip_prefix("# ")?
+        .split_once(' ')
+        .filter(|(keyword, _)| matches!(*keyword, "HELP" | "TYPE"))?;
+    let (name, rest) = rest.split_at(rest.find(' ').unwrap_or(rest.len()));
+    counters.contains(&name).then_some((keyword, name, rest))
 }
 
 fn status_class(status: StatusCode) -> &'static str {
@@ -728,14 +778,20 @@ mod tests {
             "directline_proxy_oauth_cards_total 1",
             "directline_proxy_build_info{version=",
             "# TYPE directline_proxy_sso_decision_duration_seconds histogram",
+            "# TYPE directline_proxy_oauth_cards_total counter",
+            "# HELP directline_proxy_oauth_cards_total OAuth cards",
             "# TYPE directline_proxy_upstream_request_duration_seconds histogram",
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
         assert_eq!(
             line_value(
                 &text,
-                "directline_proxy_sso_decision_duration_seconds_count"
+                "directline_proxy_sso_decision_duration_seconds_count{flow=\"invoke\"} "
             ),
             Some(1.0)
         );

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 /// One row of the README table.
 #[derive(Debug)]
 struct Documented {
-    /// As samples are named (`..._total`, `..._info`).
+    /// As samples are named (a histogram's with `_count` and the like).
     name: String,
     kind: String,
     /// Label name to its values; empty values: any value (`version`).
@@ -20,15 +20,10 @@ struct Documented {
 }
 
 impl Documented {
-    /// The name of the `# TYPE` line: OpenMetrics drops the counter's
-    /// `_total` and the info's `_info` there.
+    /// The name of the `# TYPE` line: in the Prometheus text format, a
+    /// counter's is its samples' (`..._total`).
     fn family(&self) -> &str {
-        let suffix = match self.kind.as_str() {
-            "counter" => "_total",
-            "info" => "_info",
-            _ => "",
-        };
-        self.name.strip_suffix(suffix).unwrap_or(&self.name)
+        &self.name
     }
 
     /// The sample that carries one series: a histogram's `_count`.
@@ -103,8 +98,8 @@ fn documented() -> Vec<Documented> {
     rows
 }
 
-/// What OpenMetrics appends to a family's name in its samples.
-const SAMPLE_SUFFIXES: [&str; 6] = ["", "_total", "_info", "_bucket", "_count", "_sum"];
+/// What a histogram appends to its family's name in its samples.
+const SAMPLE_SUFFIXES: [&str; 4] = ["", "_bucket", "_count", "_sum"];
 
 /// A sample line: its name and labels (`le` of histogram buckets left out).
 type Sample = (String, BTreeMap<String, String>);
