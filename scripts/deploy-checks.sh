@@ -29,8 +29,12 @@
 #      the proxy port, and admits neither everyone nor a source of the proxy
 #      port (the ingress controller) on the admin port; no other container of
 #      the pod (nginx) configured to forward to the admin port)
+#      Every HorizontalPodAutoscaler: its target is a Deployment of the same
+#      file without `replicas`, it scales on cpu and every container requests
+#      cpu, minReplicas is above the PodDisruptionBudget's minAvailable
 #   4. Dockerfile: parsed with BuildKit's own parser (the `dockerfile` wheel);
-#      multi-stage, non-root final stage, no HEALTHCHECK, EXPOSE 8080, the
+#      multi-stage, non-root final stage, no HEALTHCHECK, EXPOSE 8080 (and
+#      9090 when a manifest gives the proxy an admin port), the
 #      ENTRYPOINT, and COPY sources present and let through the ignore file
 # Exits non-zero when anything failed; every failure is printed, and the last
 # line is "deploy-checks: OK ..." or "deploy-checks: FAILED (...)".
@@ -561,7 +565,56 @@ for path, dep in deployments:
         if not matching:
             fail(where, f"no {kind} in {path} selects its pods")
 
+# Autoscaling: every HorizontalPodAutoscaler scales a Deployment of its own
+# manifest on CPU (which needs a cpu request on every container), keeps
+# enough replicas for the PodDisruptionBudget to let a node drain, and that
+# Deployment leaves `replicas` to it (else every apply resets the count).
+def check_autoscaler(path, hpa):
+    where = f"{path} {name(hpa)}"
+    spec = hpa.get("spec") or {}
+    ref = spec.get("scaleTargetRef") or {}
+    target = next((d for p, d in deployments if p == path and ref.get("kind") == "Deployment"
+                   and d["metadata"]["name"] == ref.get("name")), None)
+    if target is None:
+        fail(where, f"scaleTargetRef {ref.get('kind')}/{ref.get('name')} is no Deployment of {path}")
+        return
+    before = len(failures)
+    if "replicas" in target["spec"]:
+        fail(where, f"{name(target)} sets replicas: kubectl apply would reset what the autoscaler chose")
+    cpu = [m for m in spec.get("metrics") or []
+           if m.get("type") == "Resource" and (m.get("resource") or {}).get("name") == "cpu"]
+    if not cpu:
+        fail(where, "does not scale on cpu")
+    pod = target["spec"]["template"]["spec"]
+    unrequested = [c["name"] for c in pod.get("containers", []) + [c for c in pod.get("initContainers", []) or []
+                                                                     if c.get("restartPolicy") == "Always"]
+                   if "cpu" not in ((c.get("resources") or {}).get("requests") or {})]
+    if cpu and unrequested:
+        fail(where, f"scales on cpu utilisation but {', '.join(unrequested)} request no cpu")
+    low, high = spec.get("minReplicas", 1), spec.get("maxReplicas", 0)
+    labels = target["spec"]["template"]["metadata"].get("labels") or {}
+    for p, pdb in docs:
+        if p != path or pdb.get("kind") != "PodDisruptionBudget":
+            continue
+        if not labels_match((pdb["spec"].get("selector") or {}).get("matchLabels"), labels):
+            continue
+        available = pdb["spec"].get("minAvailable")
+        if isinstance(available, int) and low <= available:
+            fail(where, f"minReplicas {low} <= {name(pdb)} minAvailable {available}: no pod could ever be evicted")
+    if high < low:
+        fail(where, f"maxReplicas {high} < minReplicas {low}")
+    if len(failures) == before:
+        print(f"ok {where}: {name(target)} on cpu, {low} to {high} replicas")
+
+
+for path, obj in docs:
+    if obj.get("kind") == "HorizontalPodAutoscaler":
+        check_autoscaler(path, obj)
+
 # Metrics scraping and who may reach the proxy port.
+admin_ports_used = []  # per Deployment, for the Dockerfile's EXPOSE
+
+
 def selects(policy, labels):
     match = ((policy.get("spec") or {}).get("podSelector") or {}).get("matchLabels") or {}
     return all(labels.get(k) == v for k, v in match.items())
@@ -612,6 +665,7 @@ for path, dep in deployments:
         continue
     port_names = {p.get("name"): p["containerPort"] for c, _ in proxies for p in c.get("ports", []) or []}
     admin_ports = {admin_port(config) for _, config in proxies} - {None}
+    admin_ports_used.append(admin_ports)
     # The public listener's ports, and the ports /metrics is served on.
     proxy_ports = set(port_names.values()) - admin_ports
     metrics_ports = admin_ports or {PROXY_PORT}
@@ -760,8 +814,10 @@ def check_dockerfile(path="deploy/Dockerfile", ignore_path="deploy/Dockerfile.do
         fail(path, f"final stage runs as {user!r}")
     if any(c.cmd == "HEALTHCHECK" for c in commands):
         fail(path, "has a HEALTHCHECK (Kubernetes probes do that)")
-    if not any("8080" in [p.split("/")[0] for p in c.value] for c in of("EXPOSE")):
-        fail(path, "final stage does not EXPOSE 8080")
+    exposed = {p.split("/")[0] for c in of("EXPOSE") for p in c.value}
+    for port in ["8080"] + sorted({str(p) for ports in admin_ports_used for p in ports}):
+        if port not in exposed:
+            fail(path, f"final stage does not EXPOSE {port}")
     entry = of("ENTRYPOINT")
     want = ["directline-proxy", "--config", "/etc/directline-proxy/config.toml"]
     got = list(entry[-1].value) if entry else []

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Helpers shared by scripts/deploy-checks.sh and scripts/k6-smoke.sh; source
+# Helpers shared by the scripts that ci-extra.sh runs, and by it; source
 # it, do not run it.
 #
 #   tools_venv PKG==VER...   make sure the project-local venv has these pinned

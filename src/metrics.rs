@@ -1,22 +1,28 @@
-//! Prometheus metrics (`GET /metrics`, OpenMetrics text format).
+//! Prometheus metrics (`GET /metrics`, Prometheus text format 0.0.4).
 //!
 //! Label values are fixed sets (route names, flows, outcomes, kinds), never
-//! a conversation id, user or token. Hot-path counters (frames, bytes) are
-//! resolved once per stream so relaying a frame costs one atomic add.
+//! a conversation id, user or token. Every series of those sets exists from
+//! the start at 0, so dashboards show 0 rather than "no data" and an alert
+//! on a rate can fire on the first event. Hot-path series (connections,
+//! upstream calls, frames, bytes) are resolved once, so counting costs one
+//! atomic add.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::StatusCode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+use crate::config::{Flow, ProviderKind};
+use crate::sso::outcome::Outcome;
+
+/// The Prometheus text format, which every scraper and `promtool check
+/// metrics` read (promtool does not parse OpenMetrics).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
@@ -32,6 +38,20 @@ impl Transport {
             Transport::Polling => "polling",
             Transport::Websocket => "websocket",
         }
+    }
+
+    /// Walks every variant; see [`every`].
+    fn next(self) -> Option<Transport> {
+        match self {
+            Transport::Rest => Some(Transport::Polling),
+            Transport::Polling => Some(Transport::Websocket),
+            Transport::Websocket => None,
+        }
+    }
+
+    /// Its place in the walk from `Rest`, which is its declaration order.
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -65,7 +85,101 @@ impl ErrorKind {
             ErrorKind::TlsHandshake => "tls_handshake",
         }
     }
+
+    /// Walks every variant; see [`every`].
+    fn next(self) -> Option<ErrorKind> {
+        use ErrorKind::*;
+        match self {
+            UpstreamUnreachable => Some(UpstreamTimeout),
+            UpstreamTimeout => Some(UpstreamFailed),
+            UpstreamFailed => Some(RequestTooLarge),
+            RequestTooLarge => Some(ResponseUnreadable),
+            ResponseUnreadable => Some(ConnectionLimit),
+            ConnectionLimit => Some(WebsocketHandshake),
+            WebsocketHandshake => Some(WebsocketLost),
+            WebsocketLost => Some(StreamContextRejected),
+            StreamContextRejected => Some(TlsHandshake),
+            TlsHandshake => None,
+        }
+    }
 }
+
+/// Every value of an enum that labels a series, from `first` along `next`.
+/// Each `next` is an exhaustive match: a new variant does not compile until
+/// it has its place in the walk, so its series cannot be forgotten.
+fn every<T: Copy>(first: T, next: fn(T) -> Option<T>) -> impl Iterator<Item = T> {
+    std::iter::successors(Some(first), move |value| next(*value))
+}
+
+fn next_flow(flow: Flow) -> Option<Flow> {
+    match flow {
+        Flow::Invoke => Some(Flow::TokenPost),
+        Flow::TokenPost => None,
+    }
+}
+
+fn next_outcome(outcome: Outcome) -> Option<Outcome> {
+    use Outcome::*;
+    match outcome {
+        Success => Some(Rejected),
+        Rejected => Some(NoToken),
+        NoToken => Some(ProviderError),
+        ProviderError => Some(Timeout),
+        Timeout => Some(NotAllowed),
+        NotAllowed => Some(NoContext),
+        NoContext => Some(PrincipalMismatch),
+        PrincipalMismatch => Some(ResourceNotAllowed),
+        ResourceNotAllowed => Some(OverLimit),
+        OverLimit => None,
+    }
+}
+
+fn next_provider(kind: ProviderKind) -> Option<ProviderKind> {
+    match kind {
+        ProviderKind::None => Some(ProviderKind::Static),
+        ProviderKind::Static => Some(ProviderKind::Http),
+        ProviderKind::Http => Some(ProviderKind::Header),
+        ProviderKind::Header => Some(ProviderKind::Oauth2),
+        ProviderKind::Oauth2 => None,
+    }
+}
+
+/// The providers that make calls (`none` is SSO off).
+fn calling_providers() -> impl Iterator<Item = &'static str> {
+    every(ProviderKind::None, next_provider)
+        .filter(|kind| *kind != ProviderKind::None)
+        .map(ProviderKind::name)
+}
+
+/// Creates the series at 0, unless it exists.
+fn create<L, M, C>(family: &Family<L, M, C>, labels: &L)
+where
+    L: Clone + std::hash::Hash + Eq,
+    M: Clone,
+    C: MetricConstructor<M>,
+{
+    family.get_or_create_owned(labels);
+}
+
+/// The route names callers of `upstream_request` pass: the REST routes'
+/// names and the SSO invoke. Another name still counts, from its first use.
+const ROUTES: [&str; 8] = [
+    "generate_token",
+    "start_conversation",
+    "reconnect",
+    "poll",
+    "stream",
+    "send",
+    "other",
+    "sso_invoke",
+];
+const STATUS_CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error", "timeout"];
+const DIRECTIONS: [&str; 2] = ["to_client", "to_bot"];
+/// The `outcome` of a token provider call.
+const PROVIDER_OUTCOMES: [&str; 3] = ["token", "no_token", "error"];
+const RELOAD_OUTCOMES: [&str; 2] = ["applied", "rejected"];
+/// The quotas that answer 429.
+const QUOTAS: [&str; 4] = ["mint", "conversations", "activities", "streams"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TransportLabels {
@@ -121,6 +235,11 @@ struct ErrorLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct QuotaLabels {
     quota: &'static str,
 }
@@ -149,30 +268,21 @@ pub struct Metrics {
     reloads: Family<OutcomeLabels, Counter>,
     quota_rejections: Family<QuotaLabels, Counter>,
     tasks_alive: Gauge,
-    /// Per-request series, resolved on first use (so `/metrics` shows the
-    /// same series as before) and then reused without a hashed lookup.
     hot: HotSeries,
 }
 
-/// The route names `upstream_request` sees on the REST path.
-const ROUTES: [&str; 7] = [
-    "generate_token",
-    "start_conversation",
-    "reconnect",
-    "poll",
-    "stream",
-    "send",
-    "other",
-];
-const STATUS_CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error", "timeout"];
-
-#[derive(Default)]
+/// Per-request series, resolved at start so counting needs no hashed lookup.
 struct HotSeries {
-    /// By `Transport`: (connections, connections_active).
-    connections: [OnceLock<(Counter, Gauge)>; 3],
-    /// By route, then status class.
-    upstream_requests: [[OnceLock<Counter>; STATUS_CLASSES.len()]; ROUTES.len()],
-    upstream_duration: [OnceLock<Histogram>; ROUTES.len()],
+    /// By [`Transport::index`]: (connections, connections_active).
+    connections: Vec<(Counter, Gauge)>,
+    /// By the route's index in [`ROUTES`].
+    upstream: [RouteSeries; ROUTES.len()],
+}
+
+struct RouteSeries {
+    /// By the status class's index in [`STATUS_CLASSES`].
+    requests: [Counter; STATUS_CLASSES.len()],
+    duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -184,14 +294,24 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let histogram: fn() -> Histogram = latency_histogram;
+        let connections_active = Family::default();
+        let connections = Family::default();
+        let upstream_requests = Family::default();
+        let upstream_duration = Family::new_with_constructor(histogram);
+        let hot = HotSeries::resolve(
+            &connections,
+            &connections_active,
+            &upstream_requests,
+            &upstream_duration,
+        );
         let metrics = Metrics {
             registry: Registry::with_prefix("directline_proxy"),
-            connections_active: Family::default(),
-            connections: Family::default(),
+            connections_active,
+            connections,
             frames: Family::default(),
             bytes: Family::default(),
-            upstream_requests: Family::default(),
-            upstream_duration: Family::new_with_constructor(histogram),
+            upstream_requests,
+            upstream_duration,
             oauth_cards: Counter::default(),
             sso_decisions: Family::default(),
             sso_duration: Family::new_with_constructor(histogram),
@@ -201,9 +321,48 @@ impl Metrics {
             reloads: Family::default(),
             quota_rejections: Family::default(),
             tasks_alive: Gauge::default(),
-            hot: HotSeries::default(),
+            hot,
         };
+        metrics.create_bounded_series();
         metrics.register()
+    }
+
+    /// Creates, at 0, every series whose labels come from a fixed set (the
+    /// hot ones exist already).
+    fn create_bounded_series(&self) {
+        for direction in DIRECTIONS {
+            create(&self.frames, &DirectionLabels { direction });
+            create(&self.bytes, &DirectionLabels { direction });
+        }
+        for flow in every(Flow::Invoke, next_flow).map(Flow::as_str) {
+            create(&self.sso_duration, &FlowLabels { flow });
+            for outcome in every(Outcome::Success, next_outcome).map(Outcome::as_str) {
+                create(&self.sso_decisions, &DecisionLabels { flow, outcome });
+            }
+        }
+        for provider in calling_providers() {
+            create(&self.provider_duration, &ProviderLabels { provider });
+            for outcome in PROVIDER_OUTCOMES {
+                create(
+                    &self.provider_calls,
+                    &ProviderOutcomeLabels { provider, outcome },
+                );
+            }
+        }
+        for kind in every(ErrorKind::UpstreamUnreachable, ErrorKind::next) {
+            create(
+                &self.errors,
+                &ErrorLabels {
+                    kind: kind.as_str(),
+                },
+            );
+        }
+        for outcome in RELOAD_OUTCOMES {
+            create(&self.reloads, &OutcomeLabels { outcome });
+        }
+        for quota in QUOTAS {
+            create(&self.quota_rejections, &QuotaLabels { quota });
+        }
     }
 
     fn register(mut self) -> Metrics {
@@ -283,11 +442,15 @@ impl Metrics {
             "Requests answered 429 by quota (mint, conversations, activities, streams)",
             self.quota_rejections.clone(),
         );
-        r.register(
-            "build",
-            "Build information",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        // A gauge at 1, the Prometheus convention for build information:
+        // OpenMetrics' info type has no Prometheus text form.
+        let build = Family::<VersionLabels, Gauge>::default();
+        build
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        r.register("build_info", "Build information", build);
         self
     }
 
@@ -302,25 +465,12 @@ impl Metrics {
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::warn!(%error, "metrics could not be encoded");
         }
-        text
+        prometheus_text(&text)
     }
 
     /// Counts a request or relay; it stays active until the guard drops.
     pub fn connection(&self, transport: Transport) -> ActiveConnection {
-        let index = match transport {
-            Transport::Rest => 0,
-            Transport::Polling => 1,
-            Transport::Websocket => 2,
-        };
-        let (total, active) = self.hot.connections[index].get_or_init(|| {
-            let labels = TransportLabels {
-                transport: transport.as_str(),
-            };
-            (
-                self.connections.get_or_create_owned(&labels),
-                self.connections_active.get_or_create_owned(&labels),
-            )
-        });
+        let (total, active) = &self.hot.connections[transport.index()];
         total.inc();
         active.inc();
         ActiveConnection {
@@ -357,32 +507,24 @@ impl Metrics {
         let class_index = STATUS_CLASSES
             .iter()
             .position(|known| *known == status_class);
-        let (Some(r), Some(c)) = (route_index, class_index) else {
-            self.upstream_requests
-                .get_or_create(&UpstreamLabels {
-                    route,
-                    status_class,
-                })
-                .inc();
-            self.upstream_duration
-                .get_or_create(&RouteLabels { route })
-                .observe(seconds);
-            return;
-        };
-        self.hot.upstream_requests[r][c]
-            .get_or_init(|| {
-                self.upstream_requests.get_or_create_owned(&UpstreamLabels {
-                    route,
-                    status_class,
-                })
-            })
-            .inc();
-        self.hot.upstream_duration[r]
-            .get_or_init(|| {
+        match (route_index, class_index) {
+            (Some(r), Some(c)) => {
+                let series = &self.hot.upstream[r];
+                series.requests[c].inc();
+                series.duration.observe(seconds);
+            }
+            _ => {
+                self.upstream_requests
+                    .get_or_create(&UpstreamLabels {
+                        route,
+                        status_class,
+                    })
+                    .inc();
                 self.upstream_duration
-                    .get_or_create_owned(&RouteLabels { route })
-            })
-            .observe(seconds);
+                    .get_or_create(&RouteLabels { route })
+                    .observe(seconds);
+            }
+        }
     }
 
     pub fn oauth_card_seen(&self) {
@@ -427,6 +569,46 @@ impl Metrics {
     }
 }
 
+/// The Prometheus text form of the encoder's OpenMetrics text. The two
+/// differ, for what this registry holds, only in that a counter's `# HELP`
+/// and `# TYPE` name its samples (`..._total`) rather than its family, and
+/// that Prometheus text has no `# UNIT` and no `# EOF`.
+fn prometheus_text(open_metrics: &str) -> String {
+    let counters: Vec<&str> = open_metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(open_metrics.len() + 16 * counters.len());
+    for line in open_metrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        match comment_naming_a_counter(line, &counters) {
+            Some((keyword, family, rest)) => {
+                text.push_str(&format!("# {keyword} {family}_total{rest}"));
+            }
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// `# HELP name rest` or `# TYPE name rest` where `name` is a counter's
+/// family: (keyword, name, rest with its leading space).
+fn comment_naming_a_counter<'a>(
+    line: &'a str,
+    counters: &[&str],
+) -> Option<(&'a str, &'a str, &'a str)> {
+    let (keyword, rest) = line
+        .strip_prefix("# ")?
+        .split_once(' ')
+        .filter(|(keyword, _)| matches!(*keyword, "HELP" | "TYPE"))?;
+    let (name, rest) = rest.split_at(rest.find(' ').unwrap_or(rest.len()));
+    counters.contains(&name).then_some((keyword, name, rest))
+}
+
 fn status_class(status: StatusCode) -> &'static str {
     match status.as_u16() {
         100..=199 => "1xx",
@@ -434,6 +616,40 @@ fn status_class(status: StatusCode) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+impl HotSeries {
+    fn resolve(
+        connections: &Family<TransportLabels, Counter>,
+        connections_active: &Family<TransportLabels, Gauge>,
+        upstream_requests: &Family<UpstreamLabels, Counter>,
+        upstream_duration: &HistogramFamily<RouteLabels>,
+    ) -> HotSeries {
+        let connections = every(Transport::Rest, Transport::next)
+            .map(|transport| {
+                let labels = TransportLabels {
+                    transport: transport.as_str(),
+                };
+                (
+                    connections.get_or_create_owned(&labels),
+                    connections_active.get_or_create_owned(&labels),
+                )
+            })
+            .collect();
+        let upstream = ROUTES.map(|route| RouteSeries {
+            requests: STATUS_CLASSES.map(|status_class| {
+                upstream_requests.get_or_create_owned(&UpstreamLabels {
+                    route,
+                    status_class,
+                })
+            }),
+            duration: upstream_duration.get_or_create_owned(&RouteLabels { route }),
+        });
+        HotSeries {
+            connections,
+            upstream,
+        }
     }
 }
 
@@ -467,6 +683,79 @@ mod tests {
             .and_then(|v| v.parse().ok())
     }
 
+    /// The labels of a walk, at most 100 (a cycle would never end).
+    fn walk<T: Copy>(
+        first: T,
+        next: fn(T) -> Option<T>,
+        label: fn(T) -> &'static str,
+    ) -> Vec<&'static str> {
+        every(first, next).take(100).map(label).collect()
+    }
+
+    fn assert_distinct(labels: &[&str]) {
+        let unique: std::collections::BTreeSet<_> = labels.iter().collect();
+        assert_eq!(unique.len(), labels.len(), "a value twice: {labels:?}");
+    }
+
+    #[test]
+    fn each_walk_names_each_value_once() {
+        assert_distinct(&walk(Transport::Rest, Transport::next, Transport::as_str));
+        assert_distinct(&walk(
+            ErrorKind::UpstreamUnreachable,
+            ErrorKind::next,
+            ErrorKind::as_str,
+        ));
+        assert_distinct(&walk(Flow::Invoke, next_flow, Flow::as_str));
+        assert_distinct(&walk(Outcome::Success, next_outcome, Outcome::as_str));
+        assert_distinct(&walk(ProviderKind::None, next_provider, ProviderKind::name));
+        for (position, transport) in every(Transport::Rest, Transport::next).enumerate() {
+            assert_eq!(transport.index(), position, "{transport:?}");
+        }
+    }
+
+    #[test]
+    fn a_fresh_registry_has_every_bounded_series_at_zero() {
+        let text = Metrics::new().encode();
+        let series = [
+            "directline_proxy_connections_total{transport=\"polling\"}",
+            "directline_proxy_connections_active{transport=\"websocket\"}",
+            "directline_proxy_websocket_payload_bytes_total{direction=\"to_bot\"}",
+            "directline_proxy_upstream_requests_total{route=\"sso_invoke\",status_class=\"timeout\"}",
+            "directline_proxy_upstream_request_duration_seconds_count{route=\"generate_token\"}",
+            "directline_proxy_sso_decisions_total{flow=\"token_post\",outcome=\"over_limit\"}",
+            "directline_proxy_sso_decision_duration_seconds_count{flow=\"invoke\"}",
+            "directline_proxy_provider_calls_total{provider=\"oauth2\",outcome=\"no_token\"}",
+            "directline_proxy_provider_call_duration_seconds_count{provider=\"header\"}",
+            "directline_proxy_errors_total{kind=\"tls_handshake\"}",
+            "directline_proxy_config_reloads_total{outcome=\"rejected\"}",
+            "directline_proxy_quota_rejections_total{quota=\"streams\"}",
+        ];
+        for name in series {
+            assert_eq!(
+                line_value(&text, &format!("{name} ")),
+                Some(0.0),
+                "{name} in\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("provider=\"none\""),
+            "SSO off makes no provider calls"
+        );
+    }
+
+    #[test]
+    fn an_unknown_route_is_counted_from_its_first_use() {
+        let metrics = Metrics::new();
+        metrics.upstream_request("novel", None, true, Duration::from_millis(1));
+        assert_eq!(
+            line_value(
+                &metrics.encode(),
+                "directline_proxy_upstream_requests_total{route=\"novel\",status_class=\"timeout\"} "
+            ),
+            Some(1.0)
+        );
+    }
+
     #[test]
     fn names_follow_prometheus_conventions() {
         let metrics = Metrics::new();
@@ -489,14 +778,20 @@ mod tests {
             "directline_proxy_oauth_cards_total 1",
             "directline_proxy_build_info{version=",
             "# TYPE directline_proxy_sso_decision_duration_seconds histogram",
+            "# TYPE directline_proxy_oauth_cards_total counter",
+            "# HELP directline_proxy_oauth_cards_total OAuth cards",
             "# TYPE directline_proxy_upstream_request_duration_seconds histogram",
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
         assert_eq!(
             line_value(
                 &text,
-                "directline_proxy_sso_decision_duration_seconds_count"
+                "directline_proxy_sso_decision_duration_seconds_count{flow=\"invoke\"} "
             ),
             Some(1.0)
         );

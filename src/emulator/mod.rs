@@ -1,7 +1,7 @@
 //! A local Direct Line 3.0 emulator with a scripted bot.
 //!
 //! It speaks the REST API and the WebSocket stream of Direct Line 3.0 (see
-//! `PROTOCOL.md`) closely enough that the proxy's tests can compare answers
+//! `docs/protocol.md`) closely enough that the proxy's tests can compare answers
 //! through the proxy with direct ones, and it records everything it receives
 //! so tests can assert on what the proxy sent upstream.
 //!

@@ -43,7 +43,7 @@ async fn metrics_count_connections_frames_upstream_calls_and_sso_decisions() {
         reply.headers["content-type"]
             .to_str()
             .expect("ascii")
-            .starts_with("application/openmetrics-text")
+            .starts_with("text/plain; version=0.0.4")
     );
     let text = reply.text();
     let p = "directline_proxy_";
