@@ -197,14 +197,17 @@ impl SecretFile {
             path: path.clone(),
             source,
         };
+        // A stale file (or a link planted in the shared temp dir) is removed,
+        // not written through.
+        let _ = std::fs::remove_file(&path);
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(&path).map_err(failed)?;
-        let file_path = SecretFile(path.clone());
+        let written = SecretFile(path.clone());
         file.write_all(secret.as_bytes()).map_err(failed)?;
-        Ok(file_path)
+        Ok(written)
     }
 
     fn path(&self) -> &Path {
