@@ -116,7 +116,8 @@ STAGE="demo start"
 PORT=
 for attempt in 1 2; do
   PORT=$(free_port)
-  NO_COLOR=1 "$BIN" demo --listen "127.0.0.1:$PORT" >"$OUT/demo.log" 2>&1 &
+  # Any free port for the Web Chat page too: its default (8081) may be taken.
+  NO_COLOR=1 "$BIN" demo --listen "127.0.0.1:$PORT" --page-listen 127.0.0.1:0 >"$OUT/demo.log" 2>&1 &
   DEMO_PID=$!
   if wait_healthy "http://127.0.0.1:$PORT/healthz" 20; then
     break

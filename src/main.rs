@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use directline_proxy::config::Config;
 use directline_proxy::logging;
@@ -36,14 +36,7 @@ enum Command {
         print_effective: bool,
     },
     /// The built-in Direct Line emulator with the proxy in front, offline.
-    Demo {
-        /// Where the proxy listens.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Run the proxy without server-side SSO (`sso.provider = "none"`).
-        #[arg(long)]
-        no_sso: bool,
-    },
+    Demo(DemoArgs),
     /// Only the built-in Direct Line emulator and its scripted bot.
     Emulator {
         #[arg(long, default_value = "127.0.0.1:3978")]
@@ -56,6 +49,23 @@ enum Command {
         #[arg(long)]
         rough: bool,
     },
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where the proxy listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where the Web Chat page is served; the proxy allows its origin.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    page_listen: SocketAddr,
+    /// Run the proxy without server-side SSO (`sso.provider = "none"`).
+    #[arg(long)]
+    no_sso: bool,
+    /// Serve this webchat.js (e.g. botframework-webchat's dist/webchat.js)
+    /// instead of loading Web Chat from its CDN: for offline use and tests.
+    #[arg(long, value_name = "FILE")]
+    webchat_bundle: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -71,17 +81,25 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => run(&cli.config).await,
             Command::Check { print_effective } => check(&cli.config, print_effective),
-            Command::Demo { listen, no_sso } => demo(listen, no_sso).await,
+            Command::Demo(args) => demo(args).await,
             Command::Emulator { listen, rough } => run_emulator(listen, rough).await,
         }
     })
 }
 
 #[cfg(feature = "emulator")]
-async fn demo(listen: SocketAddr, no_sso: bool) -> ExitCode {
+async fn demo(args: DemoArgs) -> ExitCode {
     logging::init(false);
+    let options = demo::DemoOptions {
+        listen: args.listen,
+        page_listen: args.page_listen,
+        sso: !args.no_sso,
+        webchat: args
+            .webchat_bundle
+            .map_or(demo::WebChatSource::Cdn, demo::WebChatSource::Bundle),
+    };
     match Signals::install() {
-        Ok(signals) => report(demo::run(listen, !no_sso, signals.stop()).await),
+        Ok(signals) => report(demo::run(options, signals.stop()).await),
         Err(error) => report(Err(error)),
     }
 }
@@ -99,7 +117,7 @@ async fn run_emulator(listen: SocketAddr, rough: bool) -> ExitCode {
 
 /// A build for production may leave the emulator out (`--no-default-features`).
 #[cfg(not(feature = "emulator"))]
-async fn demo(_listen: SocketAddr, _no_sso: bool) -> ExitCode {
+async fn demo(_args: DemoArgs) -> ExitCode {
     without_emulator("demo")
 }
 

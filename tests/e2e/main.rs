@@ -10,6 +10,7 @@ mod common;
 
 mod cli;
 mod credentials;
+mod demo;
 mod failures;
 mod hardening;
 mod metrics;
