@@ -169,6 +169,12 @@ pub struct DirectLineConfig {
     /// with the server-held secret (unsafe: a client can then speak as any
     /// user id it knows). Off: each mint gets a fresh random `dl_` id.
     pub allow_client_user_id: bool,
+    /// A Copilot Studio agent's token endpoint: the token source instead of
+    /// a secret.
+    pub token_endpoint: Option<String>,
+    /// Hosts besides Power Platform's that `token_endpoint` may name (a
+    /// private gateway, the local emulator).
+    pub token_endpoint_hosts: Vec<String>,
 }
 
 impl Default for DirectLineConfig {
@@ -180,9 +186,22 @@ impl Default for DirectLineConfig {
             mint_rate_per_minute: 30,
             mint_burst: 10,
             allow_client_user_id: false,
+            token_endpoint: None,
+            token_endpoint_hosts: Vec::new(),
         }
     }
 }
+
+/// Domains of the Power Platform API in its public, US government (GCC,
+/// GCC High, DoD) and China clouds: where Copilot Studio serves agents'
+/// token endpoints.
+const POWER_PLATFORM_HOST_SUFFIXES: [&str; 5] = [
+    "api.powerplatform.com",
+    "api.gov.powerplatform.microsoft.us",
+    "api.high.powerplatform.microsoft.us",
+    "api.appsplatform.us",
+    "api.powerplatform.partner.microsoftonline.cn",
+];
 
 impl DirectLineConfig {
     /// Whether the proxy holds the Direct Line secret.
@@ -191,6 +210,7 @@ impl DirectLineConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_token_endpoint()?;
         if self.secret_env.is_some() && self.secret_file.is_some() {
             return Err(ConfigError::invalid(
                 "directline.secret_file",
@@ -214,7 +234,7 @@ impl DirectLineConfig {
                 return Err(ConfigError::invalid(
                     "directline.user_id_header",
                     header,
-                    "needs directline.secret_env or directline.secret_file: bound user ids are keyed by the secret and tokens are minted with it",
+                    "needs directline.secret_env or directline.secret_file: bound user ids are keyed by the secret and tokens are minted with it (a token_endpoint's tokens cannot carry a user id)",
                 ));
             }
         }
@@ -230,6 +250,58 @@ impl DirectLineConfig {
             1,
             1_000_000,
         )
+    }
+
+    /// `token_endpoint`: instead of a secret, an absolute URL on a Power
+    /// Platform host or one of `token_endpoint_hosts`; plain `http` only
+    /// for a listed host (the emulator).
+    fn validate_token_endpoint(&self) -> Result<(), ConfigError> {
+        const KEY: &str = "directline.token_endpoint";
+        let Some(endpoint) = &self.token_endpoint else {
+            return Ok(());
+        };
+        if self.holds_secret() {
+            return Err(ConfigError::invalid(
+                KEY,
+                endpoint,
+                "set either directline.token_endpoint or directline.secret_env / secret_file, not both",
+            ));
+        }
+        let uri: http::Uri = endpoint
+            .parse()
+            .map_err(|_| ConfigError::invalid(KEY, endpoint, "expected an absolute https URL"))?;
+        let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+        let listed = self
+            .token_endpoint_hosts
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(&host));
+        let power_platform = POWER_PLATFORM_HOST_SUFFIXES.iter().any(|suffix| {
+            host.strip_suffix(suffix)
+                .is_some_and(|sub| sub.ends_with('.'))
+        });
+        let scheme_ok = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => listed,
+            _ => false,
+        };
+        if !scheme_ok || host.is_empty() || uri.path() == "/" {
+            return Err(ConfigError::invalid(
+                KEY,
+                endpoint,
+                "expected the agent's token endpoint, an absolute https URL (https://<env>.environment.api.powerplatform.com/powervirtualagents/botsbyschema/<schema>/directline/token?api-version=2022-03-01-preview); http only for a host in directline.token_endpoint_hosts",
+            ));
+        }
+        if !power_platform && !listed {
+            return Err(ConfigError::invalid(
+                KEY,
+                endpoint,
+                format!(
+                    "the host {host} is not a Power Platform host (*.{}) and not in directline.token_endpoint_hosts",
+                    POWER_PLATFORM_HOST_SUFFIXES.join(", *.")
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1593,5 +1665,61 @@ mod tests {
         assert!(err.contains("directline.mint_rate_per_minute"), "{err}");
         let err = error_text("[directline]\nsecret = \"inline-secret-value\"\n");
         assert_inline_secret_refused(&err, "directline.secret");
+    }
+
+    const TOKEN_ENDPOINT: &str = "https://default1234.56.environment.api.powerplatform.com/powervirtualagents/botsbyschema/cr123_agent/directline/token?api-version=2022-03-01-preview";
+
+    #[test]
+    fn a_token_endpoint_is_a_power_platform_url_or_a_listed_host() {
+        let config = parse(&format!(
+            "[directline]\ntoken_endpoint = \"{TOKEN_ENDPOINT}\"\n"
+        ))
+        .expect("a Power Platform endpoint");
+        assert_eq!(
+            config.directline.token_endpoint.as_deref(),
+            Some(TOKEN_ENDPOINT)
+        );
+        let gov = "https://x.environment.api.gov.powerplatform.microsoft.us/powervirtualagents/botsbyschema/a/directline/token";
+        parse(&format!("[directline]\ntoken_endpoint = \"{gov}\"\n")).expect("US government cloud");
+        for refused in [
+            "https://evil.example.com/powervirtualagents/botsbyschema/a/directline/token",
+            "https://api.powerplatform.com.evil.example/powervirtualagents/x",
+            "https://xapi.powerplatform.com/powervirtualagents/x",
+            "http://x.environment.api.powerplatform.com/powervirtualagents/x",
+            "http://127.0.0.1:3978/powervirtualagents/botsbyschema/a/directline/token",
+            "https://x.environment.api.powerplatform.com/",
+            "not a url",
+        ] {
+            let err = error_text(&format!("[directline]\ntoken_endpoint = \"{refused}\"\n"));
+            assert!(
+                err.contains("directline.token_endpoint"),
+                "{refused}: {err}"
+            );
+        }
+        let local = "http://127.0.0.1:3978/powervirtualagents/botsbyschema/a/directline/token";
+        parse(&format!(
+            "[directline]\ntoken_endpoint = \"{local}\"\ntoken_endpoint_hosts = [\"127.0.0.1\"]\n"
+        ))
+        .expect("a listed host, plain http allowed");
+    }
+
+    #[test]
+    fn a_token_endpoint_and_a_secret_are_exclusive() {
+        let err = error_text(&format!(
+            "[directline]\ntoken_endpoint = \"{TOKEN_ENDPOINT}\"\nsecret_env = \"DL\"\n"
+        ));
+        assert!(
+            err.contains("directline.token_endpoint")
+                && err.contains("secret_env")
+                && err.contains("not both"),
+            "{err}"
+        );
+        let err = error_text(&format!(
+            "[directline]\ntoken_endpoint = \"{TOKEN_ENDPOINT}\"\nuser_id_header = \"x-user\"\n"
+        ));
+        assert!(
+            err.contains("directline.user_id_header") && err.contains("secret"),
+            "{err}"
+        );
     }
 }

@@ -249,6 +249,18 @@ async fn directline(
     if let Some(over) = shared.quotas.admit(&route, client_key, &shared.metrics) {
         return over.into_response();
     }
+    // A Copilot Studio agent is served by the regional base its token
+    // endpoint's host names, looked up now and then (boxed: rare).
+    if let Some(endpoint) = shared
+        .credentials
+        .as_ref()
+        .and_then(ServerCredentials::token_endpoint)
+        && Box::pin(endpoint.use_regional_base(&shared.upstream))
+            .await
+            .is_err()
+    {
+        return ProxyError::TokenEndpointFailed.into_response();
+    }
     // The query is never logged: it can carry the stream token `t=`.
     let span = tracing::info_span!(
         "request",

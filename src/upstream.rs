@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::uri::Uri;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -55,7 +56,9 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 /// Direct Line behind one base URL, with a pooled HTTP/1.1 client.
 pub struct Upstream {
     client: HttpClient,
-    base: Uri,
+    /// `upstream.url`, or the regional base a Copilot Studio token endpoint
+    /// names (see `directline::token_endpoint`), swapped in when known.
+    base: ArcSwap<Uri>,
     request_timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -84,7 +87,7 @@ impl Upstream {
             .build(connector);
         Ok(Upstream {
             client,
-            base,
+            base: ArcSwap::from_pointee(base),
             request_timeout: config.request_timeout(),
             metrics,
         })
@@ -96,8 +99,9 @@ impl Upstream {
         let path_and_query = requested
             .path_and_query()
             .ok_or_else(|| UpstreamError::BadUrl("request has no path".into()))?;
-        let prefix = self.base.path().trim_end_matches('/');
-        let mut parts = self.base.clone().into_parts();
+        let base = self.base.load();
+        let prefix = base.path().trim_end_matches('/');
+        let mut parts = Uri::clone(&base).into_parts();
         parts.path_and_query = Some(if prefix.is_empty() {
             // Nothing to join: the client's, as parsed already.
             path_and_query.clone()
@@ -109,8 +113,13 @@ impl Upstream {
         Uri::from_parts(parts).map_err(|e| UpstreamError::BadUrl(e.to_string()))
     }
 
-    pub fn base(&self) -> &Uri {
-        &self.base
+    pub fn base(&self) -> Arc<Uri> {
+        self.base.load_full()
+    }
+
+    /// Sends every later request to `base` instead.
+    pub fn set_base(&self, base: Uri) {
+        self.base.store(Arc::new(base));
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -10,6 +10,7 @@ pub mod rest;
 pub mod route;
 pub mod stream;
 pub mod stream_url;
+pub mod token_endpoint;
 
 /// Whether `bytes` hold a JSON object rather than another value, judged by
 /// the first byte after whitespace. Needed beside serde's derived structs:

@@ -10,7 +10,7 @@ use http::{HeaderMap, Request, Response, Version, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::credentials::{Refusal, ServerCredentials};
+use super::credentials::{Applied, Refusal, ServerCredentials};
 use super::route::Route;
 use super::stream_url::{self, PublicBase};
 use crate::body::{BoxError, ProxyBody, full, limited};
@@ -65,7 +65,8 @@ pub async fn relay(
         request = match Box::pin(credentials.apply(route, request, client, trust, &shared.upstream))
             .await
         {
-            Ok(request) => request,
+            Ok(Applied::Forward(request)) => request,
+            Ok(Applied::Answer(response)) => return response,
             Err(refusal) => {
                 if matches!(refusal, Refusal::TooMany(_)) {
                     shared.metrics.quota_rejected("mint");
@@ -209,8 +210,8 @@ fn rewrite_stream_url(
             .ok()
     });
     let extra = sealed.as_deref().map(|value| (seal::PARAM, value));
-    let upstream_path = shared.upstream.base().path();
-    match stream_url::rewrite(bytes, public, upstream_path, extra) {
+    let upstream_base = shared.upstream.base();
+    match stream_url::rewrite(bytes, public, upstream_base.path(), extra) {
         Ok(rewritten) => rewritten,
         Err(error) => {
             tracing::warn!(%error, "streamUrl left unchanged");
