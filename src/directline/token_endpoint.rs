@@ -95,6 +95,8 @@ pub struct TokenEndpoint {
     http_hosts: Vec<String>,
     client: HttpClient,
     timeout: Duration,
+    /// [`REGIONAL_BASE_TTL`]; shorter in tests.
+    regional_ttl: Duration,
     regional: Mutex<Option<Regional>>,
     /// One lookup at a time; the others wait for its result.
     lookup: tokio::sync::Mutex<()>,
@@ -117,6 +119,7 @@ impl TokenEndpoint {
             http_hosts: config.token_endpoint_hosts.clone(),
             client: upstream.client(),
             timeout: upstream.request_timeout(),
+            regional_ttl: REGIONAL_BASE_TTL,
             regional: Mutex::new(None),
             lookup: tokio::sync::Mutex::new(()),
         }))
@@ -149,7 +152,7 @@ impl TokenEndpoint {
             Ok(base) => {
                 tracing::info!(%base, "Direct Line regional base from the token endpoint's host");
                 upstream.set_base(base.clone());
-                self.remember(base, REGIONAL_BASE_TTL);
+                self.remember(base, self.regional_ttl);
                 Ok(())
             }
             Err(error) => {
@@ -259,7 +262,69 @@ fn settings_url(token_url: &Uri) -> Result<Uri, TokenEndpointError> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
     use super::*;
+    use crate::config::UpstreamConfig;
+    use crate::metrics::Metrics;
+
+    /// Answers one request with `body`, then stops listening.
+    async fn answers_once(body: &'static str) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.expect("accept");
+            let mut request = [0u8; 4096];
+            let _ = tcp.read(&mut request).await;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tcp.write_all(answer.as_bytes()).await;
+        });
+        format!("http://{addr}/powervirtualagents/botsbyschema/s/directline/token")
+    }
+
+    fn endpoint(url: String, upstream: &Upstream, ttl: Duration) -> TokenEndpoint {
+        let config = DirectLineConfig {
+            token_endpoint: Some(url),
+            token_endpoint_hosts: vec!["127.0.0.1".into(), "regional.test".into()],
+            ..DirectLineConfig::default()
+        };
+        let mut endpoint = TokenEndpoint::from_config(&config, upstream)
+            .expect("valid")
+            .expect("configured");
+        endpoint.regional_ttl = ttl;
+        endpoint
+    }
+
+    #[tokio::test]
+    async fn a_failed_lookup_keeps_the_last_regional_base_and_fails_only_before_the_first() {
+        let upstream =
+            Upstream::new(&UpstreamConfig::default(), Arc::new(Metrics::new())).expect("upstream");
+        let url =
+            answers_once(r#"{"channelUrlsById":{"directline":"http://regional.test/"}}"#).await;
+        let expired_at_once = endpoint(url.clone(), &upstream, Duration::ZERO);
+        expired_at_once
+            .use_regional_base(&upstream)
+            .await
+            .expect("looked up");
+        assert_eq!(upstream.base().to_string(), "http://regional.test/");
+        // The settings host is gone now: the next lookup fails.
+        expired_at_once
+            .use_regional_base(&upstream)
+            .await
+            .expect("the last base is kept");
+        assert_eq!(upstream.base().to_string(), "http://regional.test/");
+        let never_looked_up = endpoint(url, &upstream, REGIONAL_BASE_TTL);
+        assert!(matches!(
+            never_looked_up.use_regional_base(&upstream).await,
+            Err(TokenEndpointError::Transport(_))
+        ));
+    }
 
     #[test]
     fn the_regional_settings_are_on_the_token_endpoints_host_with_its_api_version() {
