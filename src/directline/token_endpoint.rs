@@ -48,6 +48,8 @@ pub enum TokenEndpointError {
     Status(StatusCode),
     #[error("the token endpoint's answer has no usable {0}")]
     BadAnswer(&'static str),
+    #[error("no regional base: the last lookup failed moments ago")]
+    RecentlyFailed,
 }
 
 /// What the endpoint hands out: a Direct Line token for a new conversation.
@@ -82,9 +84,18 @@ struct ChannelUrls {
     directline: String,
 }
 
+/// The last lookup's outcome: a base (the last known one after a failure),
+/// or none when no lookup has succeeded yet.
 struct Regional {
-    base: Uri,
+    base: Option<Uri>,
     good_until: Instant,
+}
+
+/// What the cache says before a lookup.
+enum Cached {
+    Fresh,
+    RecentlyFailed,
+    Expired,
 }
 
 pub struct TokenEndpoint {
@@ -138,51 +149,68 @@ impl TokenEndpoint {
 
     /// Points `upstream` at the agent's regional base, looked up when the
     /// last lookup is older than [`REGIONAL_BASE_TTL`]. A failed lookup
-    /// keeps the last known base; it is an error only before the first
-    /// success.
+    /// keeps the last known base; without one, requests fail at once for
+    /// [`RETRY_AFTER_FAILURE`] rather than each waiting for a lookup of
+    /// its own.
     pub async fn use_regional_base(&self, upstream: &Upstream) -> Result<(), TokenEndpointError> {
-        if self.current().is_some() {
+        if self.still_decided()? {
             return Ok(());
         }
         let _lookup = self.lookup.lock().await;
-        if self.current().is_some() {
+        if self.still_decided()? {
             return Ok(());
         }
+        let known = self.known();
         match self.regional_base().await {
             Ok(base) => {
                 tracing::info!(%base, "Direct Line regional base from the token endpoint's host");
                 upstream.set_base(base.clone());
-                self.remember(base, self.regional_ttl);
+                self.remember(Some(base), self.regional_ttl);
+                Ok(())
+            }
+            Err(error) if known.is_some() => {
+                tracing::warn!(%error, "regional base lookup failed: the last one is kept");
+                self.remember(known, RETRY_AFTER_FAILURE);
                 Ok(())
             }
             Err(error) => {
-                let Some(known) = self.known() else {
-                    tracing::warn!(%error, "no Direct Line regional base");
-                    return Err(error);
-                };
-                tracing::warn!(%error, base = %known, "regional base lookup failed: the last one is kept");
-                self.remember(known, RETRY_AFTER_FAILURE);
-                Ok(())
+                tracing::warn!(%error, "no Direct Line regional base");
+                self.remember(None, RETRY_AFTER_FAILURE);
+                Err(error)
             }
         }
     }
 
-    /// The cached base while it is good.
-    fn current(&self) -> Option<Uri> {
-        let regional = self.regional.lock().ok()?;
-        regional
-            .as_ref()
-            .filter(|r| Instant::now() < r.good_until)
-            .map(|r| r.base.clone())
+    /// `true` while the cached base is good, an error while a recent
+    /// failure stands, `false` when a lookup is due.
+    fn still_decided(&self) -> Result<bool, TokenEndpointError> {
+        match self.cached() {
+            Cached::Fresh => Ok(true),
+            Cached::RecentlyFailed => Err(TokenEndpointError::RecentlyFailed),
+            Cached::Expired => Ok(false),
+        }
     }
 
-    /// The cached base, good or stale.
+    fn cached(&self) -> Cached {
+        let Ok(regional) = self.regional.lock() else {
+            return Cached::Expired;
+        };
+        match regional.as_ref() {
+            Some(r) if Instant::now() < r.good_until => match r.base {
+                Some(_) => Cached::Fresh,
+                None => Cached::RecentlyFailed,
+            },
+            _ => Cached::Expired,
+        }
+    }
+
+    /// The last base looked up, however old.
     fn known(&self) -> Option<Uri> {
         let regional = self.regional.lock().ok()?;
-        regional.as_ref().map(|r| r.base.clone())
+        regional.as_ref().and_then(|r| r.base.clone())
     }
 
-    fn remember(&self, base: Uri, good_for: Duration) {
+    fn remember(&self, base: Option<Uri>, good_for: Duration) {
         if let Ok(mut regional) = self.regional.lock() {
             *regional = Some(Regional {
                 base,
@@ -302,7 +330,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_lookup_keeps_the_last_regional_base_and_fails_only_before_the_first() {
+    async fn a_failed_lookup_keeps_the_last_regional_base_and_without_one_fails_fast() {
         let upstream =
             Upstream::new(&UpstreamConfig::default(), Arc::new(Metrics::new())).expect("upstream");
         let url =
@@ -323,6 +351,11 @@ mod tests {
         assert!(matches!(
             never_looked_up.use_regional_base(&upstream).await,
             Err(TokenEndpointError::Transport(_))
+        ));
+        // Later requests fail at once instead of each trying again.
+        assert!(matches!(
+            never_looked_up.use_regional_base(&upstream).await,
+            Err(TokenEndpointError::RecentlyFailed)
         ));
     }
 
