@@ -51,6 +51,8 @@ pub enum ProxyError {
     StreamHandshake,
     #[error("no token could be minted")]
     MintFailed,
+    #[error("no token from the token endpoint")]
+    TokenEndpointFailed,
 }
 
 impl ProxyError {
@@ -141,6 +143,11 @@ impl ProxyError {
                 "BadGateway",
                 "A token for the user could not be obtained from Direct Line.".into(),
             ),
+            ProxyError::TokenEndpointFailed => (
+                StatusCode::BAD_GATEWAY,
+                "BadGateway",
+                "The agent's token endpoint did not give a token or a Direct Line base.".into(),
+            ),
         };
         (status, code, message)
     }
@@ -198,6 +205,7 @@ impl ProxyError {
             ProxyError::UnreadableResponse,
             ProxyError::StreamHandshake,
             ProxyError::MintFailed,
+            ProxyError::TokenEndpointFailed,
         ]
     }
 }

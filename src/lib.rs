@@ -154,10 +154,13 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         }
         _ => None,
     };
-    let credentials =
-        ServerCredentials::from_config(&config.directline, |var| std::env::var(var).ok())?;
     let metrics = Arc::new(Metrics::new());
     let upstream = Arc::new(Upstream::new(&config.upstream, metrics.clone())?);
+    let credentials = ServerCredentials::from_config(
+        &config.directline,
+        |var| std::env::var(var).ok(),
+        &upstream,
+    )?;
     let decisions = Arc::new(Decisions::new(
         config.sso.decision_ttl,
         config.sso.decision_capacity,

@@ -8,6 +8,7 @@ pub use connections::UpstreamBody;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::uri::Uri;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -61,7 +62,9 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 pub struct Upstream {
     client: HttpClient,
     connections: Arc<Connections>,
-    base: Uri,
+    /// `upstream.url`, or the regional base a Copilot Studio token endpoint
+    /// names (see `directline::token_endpoint`), swapped in when known.
+    base: ArcSwap<Uri>,
     request_timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -84,7 +87,6 @@ impl Upstream {
             .wrap_connector(http);
         let connections = Arc::new(Connections::new(
             connector.clone(),
-            origin_of(&base),
             config.pool_max_idle_per_host,
             config.pool_idle_timeout,
         ));
@@ -97,7 +99,7 @@ impl Upstream {
         Ok(Upstream {
             client,
             connections,
-            base,
+            base: ArcSwap::from_pointee(base),
             request_timeout: config.request_timeout,
             metrics,
         })
@@ -109,8 +111,9 @@ impl Upstream {
         let path_and_query = requested
             .path_and_query()
             .ok_or_else(|| UpstreamError::BadUrl("request has no path".into()))?;
-        let prefix = self.base.path().trim_end_matches('/');
-        let mut parts = self.base.clone().into_parts();
+        let base = self.base.load();
+        let prefix = base.path().trim_end_matches('/');
+        let mut parts = Uri::clone(&base).into_parts();
         parts.path_and_query = Some(if prefix.is_empty() {
             // Nothing to join: the client's, as parsed already.
             path_and_query.clone()
@@ -122,8 +125,13 @@ impl Upstream {
         Uri::from_parts(parts).map_err(|e| UpstreamError::BadUrl(e.to_string()))
     }
 
-    pub fn base(&self) -> &Uri {
-        &self.base
+    pub fn base(&self) -> Arc<Uri> {
+        self.base.load_full()
+    }
+
+    /// Sends every later request to `base` instead.
+    pub fn set_base(&self, base: Uri) {
+        self.base.store(Arc::new(base));
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -191,13 +199,6 @@ impl Upstream {
         }
         result
     }
-}
-
-/// Scheme and authority only: what a connection is opened to.
-fn origin_of(base: &Uri) -> Uri {
-    let mut parts = base.clone().into_parts();
-    parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
 }
 
 /// The error and its sources in one line; hyper's top-level messages alone

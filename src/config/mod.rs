@@ -743,4 +743,60 @@ mod tests {
         let err = error_text("[directline]\nsecret = \"inline-secret-value\"\n");
         assert_inline_secret_refused(&err, "directline.secret");
     }
+
+    const TOKEN_ENDPOINT: &str = "https://default1234.56.environment.api.powerplatform.com/powervirtualagents/botsbyschema/cr123_agent/directline/token?api-version=2022-03-01-preview";
+
+    #[test]
+    fn a_token_endpoint_is_a_power_platform_url_or_a_listed_host() {
+        let config = parse(&format!(
+            "[directline]\ntoken_endpoint = \"{TOKEN_ENDPOINT}\"\n"
+        ))
+        .expect("a Power Platform endpoint");
+        assert_eq!(
+            config.directline.token_endpoint.as_deref(),
+            Some(TOKEN_ENDPOINT)
+        );
+        let gov = "https://x.environment.api.gov.powerplatform.microsoft.us/powervirtualagents/botsbyschema/a/directline/token";
+        parse(&format!("[directline]\ntoken_endpoint = \"{gov}\"\n")).expect("US government cloud");
+        for refused in [
+            "https://evil.example.com/powervirtualagents/botsbyschema/a/directline/token",
+            "https://api.powerplatform.com.evil.example/powervirtualagents/x",
+            "https://xapi.powerplatform.com/powervirtualagents/x",
+            "http://x.environment.api.powerplatform.com/powervirtualagents/x",
+            "http://127.0.0.1:3978/powervirtualagents/botsbyschema/a/directline/token",
+            "https://x.environment.api.powerplatform.com/",
+            "not a url",
+        ] {
+            let err = error_text(&format!("[directline]\ntoken_endpoint = \"{refused}\"\n"));
+            assert!(
+                err.contains("directline.token_endpoint"),
+                "{refused}: {err}"
+            );
+        }
+        let local = "http://127.0.0.1:3978/powervirtualagents/botsbyschema/a/directline/token";
+        parse(&format!(
+            "[directline]\ntoken_endpoint = \"{local}\"\ntoken_endpoint_hosts = [\"127.0.0.1\"]\n"
+        ))
+        .expect("a listed host, plain http allowed");
+    }
+
+    #[test]
+    fn a_token_endpoint_and_a_secret_are_exclusive() {
+        let err = error_text(&format!(
+            "[directline]\ntoken_endpoint = \"{TOKEN_ENDPOINT}\"\nsecret_env = \"DL\"\n"
+        ));
+        assert!(
+            err.contains("directline.token_endpoint")
+                && err.contains("secret_env")
+                && err.contains("not both"),
+            "{err}"
+        );
+        let err = error_text(&format!(
+            "[directline]\ntoken_endpoint = \"{TOKEN_ENDPOINT}\"\nuser_id_header = \"x-user\"\n"
+        ));
+        assert!(
+            err.contains("directline.user_id_header") && err.contains("secret"),
+            "{err}"
+        );
+    }
 }

@@ -10,6 +10,12 @@
 //! token gets a fresh random `dl_` id (unless `allow_client_user_id`), so a
 //! client never speaks as a user id of its choosing. Minting is rate limited
 //! per client.
+//!
+//! With `[directline] token_endpoint` instead (a Copilot Studio agent), the
+//! same two requests get a token from that endpoint (see
+//! [`super::token_endpoint`]): a token request is answered with it by the
+//! proxy, a start is sent upstream with it. Such tokens carry no user id,
+//! so user binding needs a secret; the rate limit applies the same.
 
 use std::time::Duration;
 
@@ -21,7 +27,8 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 use super::route::Route;
-use crate::body::{BoxError, ProxyBody, full};
+use super::token_endpoint::{TokenEndpoint, TokenEndpointError};
+use crate::body::{BoxError, ProxyBody, full, json_response};
 use crate::config::DirectLineConfig;
 use crate::error::ProxyError;
 use crate::header_hygiene::ClientInfo;
@@ -40,6 +47,8 @@ pub enum CredentialsError {
     File { path: String, message: String },
     #[error("the Direct Line secret is not a valid header value")]
     Malformed,
+    #[error(transparent)]
+    TokenEndpoint(#[from] TokenEndpointError),
 }
 
 /// Why a mint request is answered by the proxy itself.
@@ -49,6 +58,7 @@ pub enum Refusal {
     BadBody,
     TooMany(Duration),
     MintFailed,
+    TokenEndpointFailed,
 }
 
 impl From<Refusal> for ProxyError {
@@ -61,6 +71,7 @@ impl From<Refusal> for ProxyError {
                 message: "Too many token requests; retry later.",
             },
             Refusal::MintFailed => ProxyError::MintFailed,
+            Refusal::TokenEndpointFailed => ProxyError::TokenEndpointFailed,
         }
     }
 }
@@ -72,20 +83,52 @@ impl Refusal {
 }
 
 pub struct ServerCredentials {
-    authorization: HeaderValue,
-    user_id_header: Option<HeaderName>,
+    source: TokenSource,
+    binding: Option<UserBinding>,
     allow_client_user_id: bool,
-    user_key: hmac::Key,
     limiter: KeyedRate,
 }
 
+/// Where the tokens the proxy hands out come from.
+enum TokenSource {
+    /// `Bearer <secret>`: minted by Direct Line, bound to a user id.
+    Secret(HeaderValue),
+    /// A Copilot Studio token endpoint.
+    Endpoint(Box<TokenEndpoint>),
+}
+
+/// `directline.user_id_header`, and the key its values are hashed with.
+struct UserBinding {
+    header: HeaderName,
+    key: hmac::Key,
+}
+
+/// What becomes of a request the credentials apply to.
+pub enum Applied {
+    /// Sent upstream, now with the server's credentials.
+    Forward(Request<ProxyBody>),
+    /// Answered by the proxy itself (a token from a token endpoint).
+    Answer(Response<ProxyBody>),
+}
+
 impl ServerCredentials {
-    /// `None` when no secret is configured. `env` looks up `secret_env`
-    /// (the process environment in production, a fixed table in tests).
+    /// `None` when neither a secret nor a token endpoint is configured.
+    /// `env` looks up `secret_env` (the process environment in production,
+    /// a fixed table in tests).
     pub fn from_config(
         config: &DirectLineConfig,
         env: impl Fn(&str) -> Option<String>,
+        upstream: &Upstream,
     ) -> Result<Option<ServerCredentials>, CredentialsError> {
+        let limiter = || KeyedRate::new(config.mint_rate_per_minute, config.mint_burst);
+        if let Some(endpoint) = TokenEndpoint::from_config(config, upstream)? {
+            return Ok(Some(ServerCredentials {
+                source: TokenSource::Endpoint(Box::new(endpoint)),
+                binding: None,
+                allow_client_user_id: config.allow_client_user_id,
+                limiter: limiter(),
+            }));
+        }
         let secret = match (&config.secret_env, &config.secret_file) {
             (Some(var), _) => env(var)
                 .filter(|s| !s.trim().is_empty())
@@ -102,18 +145,31 @@ impl ServerCredentials {
         let mut authorization = HeaderValue::from_str(&format!("Bearer {secret}"))
             .map_err(|_| CredentialsError::Malformed)?;
         authorization.set_sensitive(true);
+        let binding = config
+            .user_id_header
+            .as_deref()
+            .and_then(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .map(|header| UserBinding {
+                header,
+                // Keyed by the secret: the same on every replica, and unknown
+                // to clients, so user ids cannot be precomputed or reversed.
+                key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
+            });
         Ok(Some(ServerCredentials {
-            authorization,
-            user_id_header: config
-                .user_id_header
-                .as_deref()
-                .and_then(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
+            source: TokenSource::Secret(authorization),
+            binding,
             allow_client_user_id: config.allow_client_user_id,
-            // Keyed by the secret: the same on every replica, and unknown
-            // to clients, so user ids cannot be precomputed or reversed.
-            user_key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
-            limiter: KeyedRate::new(config.mint_rate_per_minute, config.mint_burst),
+            limiter: limiter(),
         }))
+    }
+
+    /// The Copilot Studio token endpoint, when it is the token source: its
+    /// regional base is then the upstream.
+    pub fn token_endpoint(&self) -> Option<&TokenEndpoint> {
+        match &self.source {
+            TokenSource::Endpoint(endpoint) => Some(endpoint),
+            TokenSource::Secret(_) => None,
+        }
     }
 
     /// Whether this request gets the secret: minting always, starting a
@@ -129,14 +185,13 @@ impl ServerCredentials {
     /// The header carrying the authenticated user, if binding is on; the
     /// proxy consumes it and does not forward it.
     pub fn user_id_header(&self) -> Option<&HeaderName> {
-        self.user_id_header.as_ref()
+        self.binding.as_ref().map(|binding| &binding.header)
     }
 
     /// The bound id of the user a request comes from: `None` when binding
     /// is off or the request lacks the header.
     pub fn user_id_of(&self, headers: &HeaderMap) -> Option<String> {
-        let name = self.user_id_header.as_ref()?;
-        self.bound_user_id(headers, name).ok()
+        bound_user_id(self.binding.as_ref()?, headers).ok()
     }
 
     /// Puts the secret (and the user id) on the request, or answers the
@@ -147,6 +202,8 @@ impl ServerCredentials {
     /// credentials is started with a token minted for that id instead of
     /// the secret: Direct Line binds `user.id` only when minting, so a
     /// secret start would let the client speak as anyone.
+    ///
+    /// With a token endpoint, the token comes from there instead.
     pub async fn apply(
         &self,
         route: &Route,
@@ -154,13 +211,19 @@ impl ServerCredentials {
         client: &ClientInfo,
         trust_forwarded: bool,
         upstream: &Upstream,
-    ) -> Result<Request<ProxyBody>, Refusal> {
-        let bound = match &self.user_id_header {
-            Some(name) => Some(self.bound_user_id(request.headers(), name)?),
+    ) -> Result<Applied, Refusal> {
+        let bound = match &self.binding {
+            Some(binding) => Some(bound_user_id(binding, request.headers())?),
             None => None,
         };
         let limit_key = client_key(bound.as_deref(), request.headers(), client, trust_forwarded);
         self.limiter.check(&limit_key).map_err(Refusal::TooMany)?;
+        let authorization = match &self.source {
+            TokenSource::Secret(authorization) => authorization,
+            TokenSource::Endpoint(endpoint) => {
+                return from_endpoint(endpoint, route, request).await;
+            }
+        };
         let user_id = match bound {
             Some(bound) => Some(bound),
             None if self.allow_client_user_id => None,
@@ -181,61 +244,92 @@ impl ServerCredentials {
             None => body,
         };
         let authorization = match (&user_id, route) {
-            (Some(user_id), Route::StartConversation) => self.mint_bound(upstream, user_id).await?,
-            _ => self.authorization.clone(),
+            (Some(user_id), Route::StartConversation) => {
+                mint_bound(authorization, upstream, user_id).await?
+            }
+            _ => authorization.clone(),
         };
         parts.headers.insert(header::AUTHORIZATION, authorization);
-        Ok(Request::from_parts(parts, body))
+        Ok(Applied::Forward(Request::from_parts(parts, body)))
     }
+}
 
-    /// `Bearer <token>` of a token minted for `user_id`.
-    async fn mint_bound(&self, upstream: &Upstream, user_id: &str) -> Result<HeaderValue, Refusal> {
-        let uri: http::Uri = "/v3/directline/tokens/generate"
-            .parse()
-            .map_err(|_| Refusal::MintFailed)?;
-        let request = Request::builder()
-            .method(http::Method::POST)
-            .uri(upstream.url_for(&uri).map_err(|_| Refusal::MintFailed)?)
-            .header(header::AUTHORIZATION, self.authorization.clone())
-            .header(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )
-            .body(full(json!({"user": {"id": user_id}}).to_string()))
-            .map_err(|_| Refusal::MintFailed)?;
-        let response = upstream
-            .send(request, "generate_token")
-            .await
-            .map_err(|_| Refusal::MintFailed)?;
-        if !response.status().is_success() {
-            tracing::warn!(status = %response.status(), "minting a bound token for a start failed");
-            return Err(Refusal::MintFailed);
-        }
-        let body = response.into_body().map_err(BoxError::from).boxed();
-        let body = tokio::time::timeout(upstream.request_timeout(), read_small(body))
-            .await
-            .ok()
-            .flatten()
-            .ok_or(Refusal::MintFailed)?;
-        let token = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v["token"].as_str().map(str::to_string))
-            .ok_or(Refusal::MintFailed)?;
-        let mut value =
-            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Refusal::MintFailed)?;
-        value.set_sensitive(true);
-        Ok(value)
+/// A token from the endpoint: the answer to a token request, or the
+/// credential a start is sent upstream with.
+async fn from_endpoint(
+    endpoint: &TokenEndpoint,
+    route: &Route,
+    request: Request<ProxyBody>,
+) -> Result<Applied, Refusal> {
+    let token = endpoint.token().await.map_err(|error| {
+        tracing::warn!(%error, "no token from the token endpoint");
+        Refusal::TokenEndpointFailed
+    })?;
+    if matches!(route, Route::GenerateToken) {
+        return Ok(Applied::Answer(json_response(
+            http::StatusCode::OK,
+            token.generate_answer(),
+        )));
     }
+    let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.token))
+        .map_err(|_| Refusal::TokenEndpointFailed)?;
+    authorization.set_sensitive(true);
+    let (mut parts, body) = request.into_parts();
+    parts.headers.insert(header::AUTHORIZATION, authorization);
+    Ok(Applied::Forward(Request::from_parts(parts, body)))
+}
 
-    fn bound_user_id(&self, headers: &HeaderMap, name: &HeaderName) -> Result<String, Refusal> {
-        // Exactly one: an ingress that appends rather than replaces must not
-        // let a client-sent value through.
-        let user = single_value(headers, name)
-            .and_then(bearer_value)
-            .ok_or(Refusal::NoUser)?;
-        let tag = hmac::sign(&self.user_key, user.as_bytes());
-        Ok(format!("dl_{}", hex(&tag.as_ref()[..16])))
+/// `Bearer <token>` of a token minted for `user_id` with the secret.
+async fn mint_bound(
+    secret: &HeaderValue,
+    upstream: &Upstream,
+    user_id: &str,
+) -> Result<HeaderValue, Refusal> {
+    let uri: http::Uri = "/v3/directline/tokens/generate"
+        .parse()
+        .map_err(|_| Refusal::MintFailed)?;
+    let request = Request::builder()
+        .method(http::Method::POST)
+        .uri(upstream.url_for(&uri).map_err(|_| Refusal::MintFailed)?)
+        .header(header::AUTHORIZATION, secret.clone())
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )
+        .body(full(json!({"user": {"id": user_id}}).to_string()))
+        .map_err(|_| Refusal::MintFailed)?;
+    let response = upstream
+        .send(request, "generate_token")
+        .await
+        .map_err(|_| Refusal::MintFailed)?;
+    if !response.status().is_success() {
+        tracing::warn!(status = %response.status(), "minting a bound token for a start failed");
+        return Err(Refusal::MintFailed);
     }
+    let body = response.into_body().map_err(BoxError::from).boxed();
+    let body = tokio::time::timeout(upstream.request_timeout(), read_small(body))
+        .await
+        .ok()
+        .flatten()
+        .ok_or(Refusal::MintFailed)?;
+    let token = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["token"].as_str().map(str::to_string))
+        .ok_or(Refusal::MintFailed)?;
+    let mut value =
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Refusal::MintFailed)?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn bound_user_id(binding: &UserBinding, headers: &HeaderMap) -> Result<String, Refusal> {
+    // Exactly one: an ingress that appends rather than replaces must not
+    // let a client-sent value through.
+    let user = single_value(headers, &binding.header)
+        .and_then(bearer_value)
+        .ok_or(Refusal::NoUser)?;
+    let tag = hmac::sign(&binding.key, user.as_bytes());
+    Ok(format!("dl_{}", hex(&tag.as_ref()[..16])))
 }
 
 /// `dl_` and 32 random hex digits: a user id no client chose.
@@ -307,6 +401,11 @@ mod tests {
         assert_ne!(Some(a), random_user_id());
     }
 
+    fn upstream() -> Upstream {
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        Upstream::new(&crate::config::UpstreamConfig::default(), metrics).expect("upstream")
+    }
+
     #[test]
     fn the_secret_comes_from_the_named_environment_variable() {
         let env = |var: &str| (var == "DL_SECRET").then(|| " the-secret\n".to_string());
@@ -314,15 +413,18 @@ mod tests {
             secret_env: Some("DL_SECRET".into()),
             ..DirectLineConfig::default()
         };
-        let credentials = ServerCredentials::from_config(&config, env)
+        let upstream = upstream();
+        let credentials = ServerCredentials::from_config(&config, env, &upstream)
             .expect("loads")
             .expect("configured");
-        assert_eq!(credentials.authorization, "Bearer the-secret");
+        assert!(
+            matches!(&credentials.source, TokenSource::Secret(secret) if secret == "Bearer the-secret")
+        );
         let missing = DirectLineConfig {
             secret_env: Some("DL_SECRET_NOT_SET".into()),
             ..DirectLineConfig::default()
         };
-        let error = ServerCredentials::from_config(&missing, env)
+        let error = ServerCredentials::from_config(&missing, env, &upstream)
             .err()
             .expect("error");
         assert_eq!(

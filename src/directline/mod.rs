@@ -12,6 +12,7 @@ pub mod route;
 pub mod state;
 pub mod stream;
 pub mod stream_url;
+pub mod token_endpoint;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,8 +22,10 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::body::ProxyBody;
+use crate::error::ProxyError;
 use crate::header_hygiene::ClientInfo;
 use crate::metrics::Transport;
+use credentials::ServerCredentials;
 use filter::ActivityFilter;
 use route::Route;
 use state::RelayState;
@@ -42,6 +45,18 @@ pub async fn serve(
     let client_key = || state.client_key(request.headers(), client);
     if let Some(over) = state.quotas.admit(&route, client_key, &state.metrics) {
         return over.into_response();
+    }
+    // A Copilot Studio agent is served by the regional base its token
+    // endpoint's host names, looked up now and then (boxed: rare).
+    if let Some(endpoint) = state
+        .credentials
+        .as_ref()
+        .and_then(ServerCredentials::token_endpoint)
+        && Box::pin(endpoint.use_regional_base(&state.upstream))
+            .await
+            .is_err()
+    {
+        return ProxyError::TokenEndpointFailed.into_response();
     }
     // The query is never logged: it can carry the stream token `t=`.
     let span = tracing::info_span!(

@@ -10,7 +10,7 @@ use http::{HeaderMap, Request, Response, Version, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::credentials::{Refusal, ServerCredentials};
+use super::credentials::{Applied, Refusal, ServerCredentials};
 use super::filter::{ActivityFilter, ConversationFilter, Requester, SEALED_PARAM};
 use super::route::Route;
 use super::state::RelayState;
@@ -65,7 +65,8 @@ pub async fn relay(
         request = match Box::pin(credentials.apply(route, request, client, trust, &state.upstream))
             .await
         {
-            Ok(request) => request,
+            Ok(Applied::Forward(request)) => request,
+            Ok(Applied::Answer(response)) => return response,
             Err(refusal) => {
                 if matches!(refusal, Refusal::TooMany(_)) {
                     state.metrics.quota_rejected("mint");
@@ -205,8 +206,8 @@ fn rewrite_stream_url(
         )
     });
     let extra = sealed.as_deref().map(|value| (SEALED_PARAM, value));
-    let upstream_path = state.upstream.base().path();
-    match stream_url::rewrite(bytes, public, upstream_path, extra) {
+    let upstream_base = state.upstream.base();
+    match stream_url::rewrite(bytes, public, upstream_base.path(), extra) {
         Ok(rewritten) => rewritten,
         Err(error) => {
             tracing::warn!(%error, "streamUrl left unchanged");

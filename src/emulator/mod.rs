@@ -27,12 +27,16 @@
 //!   `/v3/directline/attachments/{id}` (their `contentUrl`).
 //! - CORS: preflights get 200 and every answer to a request with `Origin`
 //!   echoes it with credentials allowed.
+//! - A Copilot Studio agent's token endpoint and regional channel settings
+//!   are served too (see `copilot`), naming this emulator as the regional
+//!   base.
 
 mod activity;
 mod auth;
 mod bot;
 mod cards;
 mod conversation;
+mod copilot;
 mod error;
 mod multipart;
 mod respond;

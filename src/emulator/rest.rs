@@ -17,6 +17,7 @@ use super::activity;
 use super::auth::{self, Caller, Grant, STREAM_TOKEN_TTL, TokenKind};
 use super::bot;
 use super::conversation::Conversation;
+use super::copilot;
 use super::error::ApiError;
 use super::respond::{self, Body, optional_json, query_param};
 use super::rough;
@@ -39,6 +40,8 @@ enum Endpoint {
     SessionId,
     Attachment(String),
     TokenPost(String),
+    AgentToken,
+    RegionalChannelSettings,
 }
 
 /// Serves one HTTP request, with CORS like the real service (browsers
@@ -150,6 +153,18 @@ fn route(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
     let candidates: Vec<(Method, Endpoint)> = match segments.as_slice() {
         ["sas", id] if !id.is_empty() => vec![(Method::POST, Endpoint::TokenPost(id.to_string()))],
         ["v3", "directline", rest @ ..] => directline_routes(rest),
+        [
+            "powervirtualagents",
+            "botsbyschema",
+            schema,
+            "directline",
+            "token",
+        ] if !schema.is_empty() => {
+            vec![(Method::GET, Endpoint::AgentToken)]
+        }
+        ["powervirtualagents", "regionalchannelsettings"] => {
+            vec![(Method::GET, Endpoint::RegionalChannelSettings)]
+        }
         _ => vec![],
     };
     if candidates.is_empty() {
@@ -201,6 +216,8 @@ async fn dispatch(
             return Ok(sas::token_post(shared, &id, path, &body));
         }
         Endpoint::Attachment(id) => return attachment(shared, &id),
+        Endpoint::AgentToken => return Ok(copilot::agent_token(shared)),
+        Endpoint::RegionalChannelSettings => return Ok(copilot::regional_channel_settings(shared)),
         _ => {}
     }
     let caller = {
@@ -222,9 +239,11 @@ async fn dispatch(
             Ok(respond::json(StatusCode::OK, &answer))
         }
         Endpoint::SessionId => Ok(session_id(shared, &caller)),
-        Endpoint::Stream(..) | Endpoint::Attachment(_) | Endpoint::TokenPost(_) => {
-            Err(ApiError::not_found("No such resource"))
-        }
+        Endpoint::Stream(..)
+        | Endpoint::Attachment(_)
+        | Endpoint::TokenPost(_)
+        | Endpoint::AgentToken
+        | Endpoint::RegionalChannelSettings => Err(ApiError::not_found("No such resource")),
     }
 }
 
@@ -258,7 +277,7 @@ fn body_user(body: &Bytes) -> Result<Option<String>, ApiError> {
     Ok(parsed.and_then(|b| b["user"]["id"].as_str().map(str::to_string)))
 }
 
-fn issue(
+pub(super) fn issue(
     shared: &Shared,
     conversation_id: &str,
     user_id: Option<String>,
@@ -285,7 +304,7 @@ fn expiry(ttl: std::time::Duration) -> Instant {
         .unwrap_or(now)
 }
 
-fn token_answer(shared: &Shared, conversation_id: &str, token: &str) -> Value {
+pub(super) fn token_answer(shared: &Shared, conversation_id: &str, token: &str) -> Value {
     json!({
         "conversationId": conversation_id,
         "token": token,

@@ -46,12 +46,11 @@ pub enum SendError {
     Http(#[from] hyper::Error),
 }
 
-/// The idle connections to one origin (scheme, host and port).
+/// Idle connections, each to the origin (scheme, host and port) it was
+/// opened to: the base can change (a Copilot Studio agent's regional base),
+/// and a connection only serves requests for its own origin.
 pub struct Connections {
     connector: HttpsConnector<HttpConnector>,
-    origin: Uri,
-    /// The `Host` a request gets when it has none.
-    host: Option<HeaderValue>,
     idle: Mutex<VecDeque<Box<Connection>>>,
     max_idle: usize,
     idle_timeout: Duration,
@@ -60,28 +59,27 @@ pub struct Connections {
 impl Connections {
     pub fn new(
         connector: HttpsConnector<HttpConnector>,
-        origin: Uri,
         max_idle: usize,
         idle_timeout: Duration,
     ) -> Connections {
         Connections {
             connector,
-            host: host_header(&origin),
-            origin,
             idle: Mutex::new(VecDeque::new()),
             max_idle,
             idle_timeout,
         }
     }
 
-    /// Sends `request` on an idle connection, or a new one, and returns the
-    /// response once its head is in. The body carries the connection.
+    /// Sends `request` (an absolute URI) on an idle connection to its
+    /// origin, or a new one, and returns the response once its head is in.
+    /// The body carries the connection.
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        self.to_origin_form(&mut request);
-        while let Some(mut connection) = self.take_idle() {
+        let origin = Origin::of(request.uri())?;
+        to_origin_form(&mut request, &origin);
+        while let Some(mut connection) = self.take_idle(&origin) {
             match connection.exchange(request).await {
                 Ok(response) => return Ok(self.attach(response, connection)),
                 Err(mut error) => match error.take_message() {
@@ -91,44 +89,29 @@ impl Connections {
                 },
             }
         }
-        let mut connection = self.connect().await?;
+        let mut connection = self.connect(origin).await?;
         match connection.exchange(request).await {
             Ok(response) => Ok(self.attach(response, connection)),
             Err(error) => Err(error.into_error().into()),
         }
     }
 
-    /// What goes on the wire: the path and query as the request target, and
-    /// a `Host` header (what the pooled client did for its callers).
-    fn to_origin_form(&self, request: &mut Request<ProxyBody>) {
-        if let Some(host) = &self.host
-            && !request.headers().contains_key(header::HOST)
-        {
-            request.headers_mut().insert(header::HOST, host.clone());
-        }
-        let target = request
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *request.uri_mut() = Uri::from(target);
-    }
-
     /// Boxed: hyper's connection state is several kilobytes, and the
     /// futures that hold it are moved whole more than once per request.
-    async fn connect(&self) -> Result<Box<Connection>, SendError> {
+    async fn connect(&self, origin: Origin) -> Result<Box<Connection>, SendError> {
         let mut connector = self.connector.clone();
         poll_fn(|cx| connector.poll_ready(cx))
             .await
             .map_err(SendError::Connect)?;
         let io = connector
-            .call(self.origin.clone())
+            .call(origin.uri.clone())
             .await
             .map_err(SendError::Connect)?;
         let (sender, driver) = http1::Builder::new().handshake(io).await?;
         Ok(Box::new(Connection {
             sender,
             driver,
+            origin,
             closed: false,
             idle_since: Instant::now(),
         }))
@@ -154,9 +137,15 @@ impl Connections {
         })
     }
 
-    fn take_idle(&self) -> Option<Box<Connection>> {
+    /// The most recently used idle connection to `origin` that can still
+    /// take a request; the unusable ones found on the way are dropped.
+    fn take_idle(&self, origin: &Origin) -> Option<Box<Connection>> {
         loop {
-            let mut connection = self.lock().pop_back()?;
+            let mut connection = {
+                let mut idle = self.lock();
+                let at = idle.iter().rposition(|c| c.origin == *origin)?;
+                idle.remove(at)?
+            };
             if connection.idle_since.elapsed() < self.idle_timeout && connection.is_usable() {
                 return Some(connection);
             }
@@ -189,24 +178,66 @@ impl Connections {
     }
 }
 
-/// `host[:port]`, the port left out when it is the scheme's default.
-fn host_header(origin: &Uri) -> Option<HeaderValue> {
-    let host = origin.host()?;
-    let default_port = if origin.scheme() == Some(&Scheme::HTTPS) {
-        443
-    } else {
-        80
-    };
-    let value = match origin.port_u16() {
-        Some(port) if port != default_port => format!("{host}:{port}"),
-        _ => host.to_owned(),
-    };
-    HeaderValue::from_str(&value).ok()
+/// Where a connection goes: the scheme and authority of a request's URI.
+#[derive(Clone, PartialEq)]
+struct Origin {
+    uri: Uri,
+}
+
+impl Origin {
+    fn of(uri: &Uri) -> Result<Origin, SendError> {
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(SendError::Connect(
+                "the upstream URI is not absolute".into(),
+            ));
+        };
+        let uri = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|error| SendError::Connect(error.into()))?;
+        Ok(Origin { uri })
+    }
+
+    /// `host[:port]`, the port left out when it is the scheme's default.
+    fn host_header(&self) -> Option<HeaderValue> {
+        let host = self.uri.host()?;
+        let default_port = if self.uri.scheme() == Some(&Scheme::HTTPS) {
+            443
+        } else {
+            80
+        };
+        match self.uri.port_u16() {
+            Some(port) if port != default_port => {
+                HeaderValue::from_str(&format!("{host}:{port}")).ok()
+            }
+            _ => HeaderValue::from_str(host).ok(),
+        }
+    }
+}
+
+/// What goes on the wire: the path and query as the request target, and a
+/// `Host` header when it has none (what the pooled client did for its
+/// callers).
+fn to_origin_form(request: &mut Request<ProxyBody>, origin: &Origin) {
+    if !request.headers().contains_key(header::HOST)
+        && let Some(host) = origin.host_header()
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    let target = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *request.uri_mut() = Uri::from(target);
 }
 
 struct Connection {
     sender: http1::SendRequest<ProxyBody>,
     driver: Driver,
+    origin: Origin,
     closed: bool,
     idle_since: Instant,
 }

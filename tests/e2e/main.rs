@@ -9,6 +9,7 @@ const ROUGH_EMULATOR: bool = false;
 mod common;
 
 mod cli;
+mod copilot;
 mod credentials;
 mod demo;
 mod failures;

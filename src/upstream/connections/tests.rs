@@ -74,7 +74,7 @@ async fn fake_upstream(answer: Answer) -> FakeUpstream {
     FakeUpstream { origin, accepted }
 }
 
-fn connections(origin: &Uri, max_idle: usize, idle_timeout: Duration) -> Arc<Connections> {
+fn connections(max_idle: usize, idle_timeout: Duration) -> Arc<Connections> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -82,12 +82,7 @@ fn connections(origin: &Uri, max_idle: usize, idle_timeout: Duration) -> Arc<Con
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Arc::new(Connections::new(
-        connector,
-        origin.clone(),
-        max_idle,
-        idle_timeout,
-    ))
+    Arc::new(Connections::new(connector, max_idle, idle_timeout))
 }
 
 fn get(origin: &Uri) -> Request<ProxyBody> {
@@ -111,7 +106,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 #[tokio::test]
 async fn requests_one_after_another_share_one_connection() {
     let upstream = fake_upstream(Answer::KeepAlive).await;
-    let pool = connections(&upstream.origin, 4, MINUTE);
+    let pool = connections(4, MINUTE);
     for _ in 0..5 {
         let response = pool.send(get(&upstream.origin)).await.expect("send");
         assert_eq!(body_text(response).await, "ok");
@@ -123,7 +118,7 @@ async fn requests_one_after_another_share_one_connection() {
 #[tokio::test]
 async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
     let upstream = fake_upstream(Answer::ThenClose).await;
-    let pool = connections(&upstream.origin, 4, MINUTE);
+    let pool = connections(4, MINUTE);
     for _ in 0..3 {
         let response = pool.send(get(&upstream.origin)).await.expect("send");
         assert_eq!(body_text(response).await, "ok");
@@ -136,7 +131,7 @@ async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
 #[tokio::test]
 async fn a_body_dropped_before_its_end_closes_its_connection() {
     let upstream = fake_upstream(Answer::Large).await;
-    let pool = connections(&upstream.origin, 4, MINUTE);
+    let pool = connections(4, MINUTE);
     let response = pool.send(get(&upstream.origin)).await.expect("send");
     let mut body = response.into_body();
     let first = body.frame().await.expect("a frame").expect("data");
@@ -151,7 +146,7 @@ async fn a_body_dropped_before_its_end_closes_its_connection() {
 #[tokio::test]
 async fn no_more_connections_are_kept_idle_than_allowed() {
     let upstream = fake_upstream(Answer::KeepAlive).await;
-    let pool = connections(&upstream.origin, 2, MINUTE);
+    let pool = connections(2, MINUTE);
     let mut responses = Vec::new();
     for _ in 0..5 {
         responses.push(pool.send(get(&upstream.origin)).await.expect("send"));
@@ -166,7 +161,7 @@ async fn no_more_connections_are_kept_idle_than_allowed() {
 #[tokio::test]
 async fn a_connection_idle_past_the_timeout_is_not_reused() {
     let upstream = fake_upstream(Answer::KeepAlive).await;
-    let pool = connections(&upstream.origin, 4, Duration::ZERO);
+    let pool = connections(4, Duration::ZERO);
     for _ in 0..3 {
         let response = pool.send(get(&upstream.origin)).await.expect("send");
         assert_eq!(body_text(response).await, "ok");
@@ -196,7 +191,7 @@ async fn a_request_body_is_sent_whole() {
         // The socket goes back with the request, so the connection stays open.
         (String::from_utf8_lossy(&seen).into_owned(), socket)
     });
-    let pool = connections(&origin, 4, MINUTE);
+    let pool = connections(4, MINUTE);
     let request = Request::post(format!("{origin}activities"))
         .header(http::header::CONTENT_LENGTH, "5")
         .body(full("hello"))
@@ -218,7 +213,21 @@ async fn an_upstream_that_refuses_connections_is_a_connect_error() {
         .parse()
         .expect("uri");
     drop(listener);
-    let pool = connections(&origin, 4, MINUTE);
+    let pool = connections(4, MINUTE);
     let error = pool.send(get(&origin)).await.err().expect("an error");
     assert!(matches!(error, SendError::Connect(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_connection_serves_only_its_own_origin() {
+    let first = fake_upstream(Answer::KeepAlive).await;
+    let second = fake_upstream(Answer::KeepAlive).await;
+    let pool = connections(4, MINUTE);
+    for upstream in [&first, &second, &first, &second] {
+        let response = pool.send(get(&upstream.origin)).await.expect("send");
+        assert_eq!(body_text(response).await, "ok");
+    }
+    assert_eq!(first.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(second.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.idle_count(), 2);
 }

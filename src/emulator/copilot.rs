@@ -1,0 +1,39 @@
+//! The two Power Platform calls a Copilot Studio client makes before it
+//! speaks Direct Line, so the proxy's token endpoint support can be tried
+//! and tested offline:
+//! - `GET /powervirtualagents/botsbyschema/{schema}/directline/token`: a
+//!   token for a new conversation, like `tokens/generate` but without a
+//!   secret and without a user id (as the real endpoint for an agent
+//!   without secured access);
+//! - `GET /powervirtualagents/regionalchannelsettings`: names this
+//!   emulator as the agent's regional Direct Line base.
+//!
+//! The `api-version` query parameter is accepted and not checked.
+
+use http::{Response, StatusCode};
+use serde_json::json;
+
+use super::auth::TokenKind;
+use super::respond::{self, Body};
+use super::rest::{issue, token_answer};
+use super::state::Shared;
+
+/// A fresh conversation and an unbound token for it.
+pub fn agent_token(shared: &Shared) -> Response<Body> {
+    let conversation = shared.new_conversation();
+    let token = issue(shared, &conversation.id, None, TokenKind::Conversation);
+    respond::json(
+        StatusCode::OK,
+        &token_answer(shared, &conversation.id, &token),
+    )
+}
+
+/// The regional settings: this emulator is the Direct Line base.
+pub fn regional_channel_settings(shared: &Shared) -> Response<Body> {
+    respond::json(
+        StatusCode::OK,
+        &json!({
+            "channelUrlsById": { "directline": format!("{}/", shared.base_url()) },
+        }),
+    )
+}
