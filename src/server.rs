@@ -328,7 +328,9 @@ async fn serve_http<I, S, F>(
         let idle = idle.clone();
         service_fn(move |request| {
             let busy = idle.begin();
-            let answer = service(request);
+            // Boxed where it is made: the relay's future runs to kilobytes,
+            // and hyper moves the request's future more than once.
+            let answer = Box::pin(service(request));
             async move {
                 let response = answer.await;
                 drop(busy);
