@@ -38,6 +38,9 @@ const INTERNAL_ERROR: u16 = 1011;
 const MESSAGE_TOO_BIG: u16 = 1009;
 /// Smallest step by which a partial frame's buffer grows.
 const MIN_GROWTH: usize = 512;
+/// A partial frame up to this long is read on in a lent chunk: copying it
+/// costs less than reading in small steps, even once per read.
+const SHORT_PARTIAL: usize = 4096;
 
 pub struct RelaySettings {
     /// How long the second half of a close handshake may take.
@@ -406,28 +409,40 @@ impl Half {
     }
 
     /// Drops the relayed bytes and makes room for a read. Without a partial
-    /// frame: a lent chunk. With one, the buffer grows with the bytes that
-    /// arrived (about doubling, at most a chunk at a time), never with the length
-    /// a header announces: a few bytes claiming a 2 MiB frame get no 2 MiB
-    /// buffer, and a frame trickled a byte at a time is copied a logarithmic
-    /// number of times, not once per byte.
+    /// frame, or with a short one (the tail of a busy read, usually): a
+    /// lent chunk, so reads stay chunk-sized under load. A longer partial
+    /// frame's buffer grows with the bytes that arrived (about doubling, at
+    /// most a chunk at a time), never with the length a header announces:
+    /// a few bytes claiming a 2 MiB frame get no 2 MiB buffer, and a frame
+    /// trickled a byte at a time is copied a logarithmic number of times.
     fn make_room(&mut self) {
         let chunk = self.chunk;
         self.buffer.advance(self.parsed);
         self.parsed = 0;
-        if self.buffer.is_empty() {
-            if !self.pooled {
-                self.buffer = read_pool::take(chunk);
-                self.pooled = true;
-            } else if self.buffer.capacity() < chunk {
-                // Empty and unshared: reclaims the whole allocation in place.
-                self.buffer.reserve(chunk);
-            }
+        let partial = self.buffer.len();
+        if partial <= SHORT_PARTIAL.min(chunk / 2) {
+            self.room_for_a_chunk();
             return;
         }
-        let growth = self.buffer.len().clamp(MIN_GROWTH.min(chunk), chunk);
-        if self.buffer.capacity() - self.buffer.len() < growth {
+        let growth = partial.clamp(MIN_GROWTH.min(chunk), chunk);
+        if self.buffer.capacity() - partial < growth {
             self.buffer.reserve(growth);
+        }
+    }
+
+    /// A lent chunk holding the (short) partial frame, with a chunk's room.
+    fn room_for_a_chunk(&mut self) {
+        let chunk = self.chunk;
+        if !self.pooled {
+            let mut lent = read_pool::take(chunk);
+            lent.extend_from_slice(&self.buffer);
+            self.buffer = lent;
+            self.pooled = true;
+        }
+        if self.buffer.capacity() - self.buffer.len() < chunk / 2 {
+            // Unshared, this moves the partial frame to the front in place;
+            // shared with frames still being written, it allocates.
+            self.buffer.reserve(chunk);
         }
     }
 

@@ -516,7 +516,7 @@ proptest! {
 /// Polls one direction once, as the relay's task would on a wake-up.
 async fn poll_once(
     half: &mut Half,
-    source: &mut DuplexStream,
+    source: &mut (impl tokio::io::AsyncRead + Unpin),
     destination: &mut DuplexStream,
     settings: &RelaySettings,
 ) {
@@ -565,4 +565,72 @@ async fn a_partial_frame_is_held_in_a_buffer_the_size_of_what_arrived() {
         half.buffer.capacity()
     );
     assert_eq!(read_pool::lent(), 0);
+}
+
+/// A source that counts the reads made of it.
+struct CountedReads {
+    inner: DuplexStream,
+    reads: usize,
+}
+
+impl tokio::io::AsyncRead for CountedReads {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.reads += 1;
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+#[tokio::test]
+async fn a_busy_stream_is_read_in_chunks_not_frame_by_frame() {
+    // Bursts of 600-byte frames whose ends do not line up with the bursts:
+    // between bursts the source has nothing (the relay keeps only the
+    // partial frame), and the next burst must still be read in one go, not
+    // in steps the size of the partial frame.
+    let settings = RelaySettings {
+        close_timeout: Duration::from_secs(1),
+        shutdown: CancellationToken::new(),
+        inspector: Inspector::default(),
+        counters: Metrics::new().relay_counters(),
+        limits: limits(16 * 1024),
+    };
+    let frames: Vec<u8> = (0..400)
+        .flat_map(|i| text(&format!("{i:0>600}"), None))
+        .collect();
+    let (mut bot, source) = tokio::io::duplex(frames.len() * 2);
+    let (mut destination, mut client) = tokio::io::duplex(frames.len() * 2);
+    let mut source = CountedReads {
+        inner: source,
+        reads: 0,
+    };
+    let mut half = Half::new(Direction::ToClient, settings.limits.read_chunk_bytes);
+    let mut relayed = vec![0u8; frames.len()];
+    let mut received = 0;
+    const BURST: usize = 7000;
+    for burst in frames.chunks(BURST) {
+        bot.write_all(burst).await.expect("write");
+        poll_once(&mut half, &mut source, &mut destination, &settings).await;
+        while let Ok(Ok(read)) = tokio::time::timeout(
+            Duration::from_millis(1),
+            client.read(&mut relayed[received..]),
+        )
+        .await
+        {
+            received += read;
+            if read == 0 || received == frames.len() {
+                break;
+            }
+        }
+    }
+    assert_eq!(&relayed[..received], &frames[..]);
+    // One read for the burst, one that finds nothing more; a little slack.
+    let bursts = frames.len().div_ceil(BURST);
+    assert!(
+        source.reads <= 3 * bursts,
+        "{} reads for {bursts} bursts",
+        source.reads
+    );
 }
