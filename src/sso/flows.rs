@@ -2,7 +2,7 @@
 //! posted to the conversation, and the token post to the card's `sasUrl`.
 
 use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
@@ -99,17 +99,22 @@ pub async fn invoke(
         .await
         .map_err(|e| ExchangeError::Transport(e.to_string()))?;
     let status = response.status();
-    if status.is_success() {
-        return Ok(());
-    }
-    let body = response
-        .into_body()
+    // Read on success too: a body read to its end gives the upstream
+    // connection back for the next request; one dropped unread closes it.
+    let body = Limited::new(response.into_body(), MAX_INVOKE_ANSWER_BYTES)
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    if status.is_success() {
+        return Ok(());
+    }
     Err(ExchangeError::Rejected(describe_refusal(status, &body)))
 }
+
+/// Direct Line answers an invoke with the bot's small JSON; anything larger
+/// is not read whole (and not needed).
+const MAX_INVOKE_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Direct Line wraps the bot's own status in a 502 `BotError` body.
 fn describe_refusal(status: StatusCode, body: &[u8]) -> String {
