@@ -6,7 +6,7 @@
 //! so the shipped `config.toml` seeds the corpus.
 //!
 //! Checked: never a panic; an accepted config validates again, and what the
-//! proxy derives from it at start (addresses, URLs, WebSocket limits, origin
+//! proxy derives from it at start (the public base, WebSocket limits, origin
 //! and host lists, seal keys, the decision cache, quotas, warnings) is
 //! derived without a panic or an error.
 #![no_main]
@@ -15,6 +15,7 @@ use std::path::Path;
 
 use directline_proxy::config::Config;
 use directline_proxy::directline::relay::FrameLimits;
+use directline_proxy::directline::stream_url::PublicBase;
 use directline_proxy::origin::OriginPolicy;
 use directline_proxy::quota::Quotas;
 use directline_proxy::sso::allow_list::AllowList;
@@ -41,31 +42,20 @@ fuzz_target!(|bytes: &[u8]| {
     config
         .validate()
         .expect("an accepted config does not validate");
-    config
+    // Addresses, URLs and durations are typed: accepted means parsed.
+    let _ = config
         .listen
-        .socket_addr()
-        .expect("accepted, yet no socket address");
-    config
-        .listen
-        .public_base()
-        .expect("accepted, yet no public base");
-    config
-        .upstream
-        .base()
-        .expect("accepted, yet no upstream base");
-    config
-        .admin
-        .socket_addr()
-        .expect("accepted, yet no admin address");
+        .public_url
+        .as_ref()
+        .and_then(PublicBase::from_config);
     let _ = Quotas::new(&config.limits);
     let _ = FrameLimits::from_config(&config.websocket);
     let _ = OriginPolicy::new(&config.listen.allowed_origins);
     let _ = AllowList::new(&config.sso.token_post_allow_hosts);
-    let _ = Decisions::new(config.sso.decision_ttl(), config.sso.decision_capacity);
+    let _ = Decisions::new(config.sso.decision_ttl, config.sso.decision_capacity);
     if !config.sso.seal_keys.is_empty() {
-        Sealer::new(&config.sso.seal_keys, config.sso.decision_ttl())
+        Sealer::new(&config.sso.seal_keys, config.sso.decision_ttl)
             .expect("accepted seal keys do not make a sealer");
     }
     let _ = config.warnings();
-    let _ = (config.sso.timeout(), config.sso.decision_ttl());
 });
