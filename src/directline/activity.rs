@@ -378,6 +378,21 @@ fn without_attachments(activity: &Value, removed: &[usize]) -> Option<Value> {
     shows_something.then_some(activity)
 }
 
+/// A polled set with one OAuth card (`card_id`) between two messages, for
+/// the tests of every module that removes cards.
+#[cfg(test)]
+pub(crate) fn card_set(card_id: &str) -> String {
+    serde_json::json!({"activities": [
+        {"type": "message", "id": "a1", "from": {"id": "bot"}, "text": "before"},
+        {"type": "message", "id": "a2", "from": {"id": "bot"}, "recipient": {"id": "u1"},
+         "attachments": [{"contentType": OAUTH_CARD, "content": {
+            "text": "Please sign in", "connectionName": "AAD",
+            "tokenExchangeResource": {"id": card_id, "uri": "api://bot/scope"}}}]},
+        {"type": "message", "id": "a3", "from": {"id": "bot"}, "text": "after"}
+    ], "watermark": "3"})
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

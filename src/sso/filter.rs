@@ -83,7 +83,7 @@ mod tests {
 
     use super::*;
     use crate::config::{ProviderKind, SsoConfig, StaticProviderConfig, UpstreamConfig};
-    use crate::directline::activity::OAUTH_CARD;
+    use crate::directline::activity::card_set;
     use crate::metrics::Metrics;
     use crate::sso::decisions::{self, Begin, Decisions};
     use crate::upstream::Upstream;
@@ -125,18 +125,6 @@ mod tests {
             owner_matches: true,
         };
         SignInConversation::new(Arc::new(sso), context)
-    }
-
-    fn card_set(card_id: &str) -> String {
-        json!({"activities": [
-            {"type": "message", "id": "a1", "from": {"id": "bot"}, "text": "before"},
-            {"type": "message", "id": "a2", "from": {"id": "bot"}, "recipient": {"id": "u1"},
-             "attachments": [{"contentType": OAUTH_CARD, "content": {
-                "text": "Please sign in", "connectionName": "AAD",
-                "tokenExchangeResource": {"id": card_id, "uri": "api://bot/scope"}}}]},
-            {"type": "message", "id": "a3", "from": {"id": "bot"}, "text": "after"}
-        ], "watermark": "3"})
-        .to_string()
     }
 
     #[tokio::test]

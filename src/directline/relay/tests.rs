@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use proptest::prelude::*;
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::directline::activity::{self, ActivitySet, Markers, OAUTH_CARD};
+use crate::directline::activity::{self, ActivitySet, Markers, OAUTH_CARD, card_set};
 use crate::directline::filter::ConversationFilter;
 use crate::metrics::{Metrics, RelayCounters};
 
@@ -224,18 +223,6 @@ async fn masked_client_frames_go_on_with_the_clients_mask() {
         let got = read_exactly(&mut wires.bot, sequence.len()).await;
         assert_eq!(got, sequence, "split at {split}");
     }
-}
-
-fn card_set(card_id: &str) -> String {
-    json!({"activities": [
-        {"type": "message", "id": "a1", "from": {"id": "bot"}, "text": "before"},
-        {"type": "message", "id": "a2", "from": {"id": "bot"}, "recipient": {"id": "u1"},
-         "attachments": [{"contentType": OAUTH_CARD, "content": {
-            "text": "Please sign in", "connectionName": "AAD",
-            "tokenExchangeResource": {"id": card_id, "uri": "api://bot/scope"}}}]},
-        {"type": "message", "id": "a3", "from": {"id": "bot"}, "text": "after"}
-    ], "watermark": "3"})
-    .to_string()
 }
 
 #[tokio::test]
