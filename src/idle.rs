@@ -2,22 +2,26 @@
 //! that closes idle keep-alive and h2 connections, and connections whose
 //! first request never came.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// A request's start and end only touch atomics: nothing is woken per
+/// request. The clock's own timer checks them when it fires, and sleeps on
+/// to the real deadline when a request came in between, so a busy
+/// connection costs a timer wake-up per `timeout`, not two per request.
 pub struct Idle {
-    state: Mutex<State>,
-    changed: Notify,
+    /// When the first request must have started by.
+    first_request_by: Instant,
+    /// What `last_end` counts from: when the clock was made.
+    started: Instant,
     timeout: Duration,
-}
-
-struct State {
-    in_flight: usize,
-    /// When the connection may be closed; `None` while a request runs.
-    deadline: Option<Instant>,
+    in_flight: AtomicUsize,
+    begun: AtomicBool,
+    /// When the last request ended, as nanoseconds after `started`.
+    last_end: AtomicU64,
 }
 
 /// A request in flight; the idle clock restarts when the last one ends.
@@ -30,58 +34,55 @@ impl Idle {
     /// that, each quiet spell may last `timeout`.
     pub fn new(first_request_by: Instant, timeout: Duration) -> Idle {
         Idle {
-            state: Mutex::new(State {
-                in_flight: 0,
-                deadline: Some(first_request_by),
-            }),
-            changed: Notify::new(),
+            first_request_by,
+            started: Instant::now(),
             timeout,
+            in_flight: AtomicUsize::new(0),
+            begun: AtomicBool::new(false),
+            last_end: AtomicU64::new(0),
         }
     }
 
     pub fn begin(self: &Arc<Self>) -> Busy {
-        let mut state = self.lock();
-        state.in_flight += 1;
-        state.deadline = None;
-        drop(state);
-        self.changed.notify_waiters();
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.begun.store(true, Ordering::Release);
         Busy { idle: self.clone() }
     }
 
     fn end(&self) {
-        let mut state = self.lock();
-        state.in_flight = state.in_flight.saturating_sub(1);
-        if state.in_flight == 0 {
-            state.deadline = Some(Instant::now() + self.timeout);
-        }
-        drop(state);
-        self.changed.notify_waiters();
+        let since = Instant::now().saturating_duration_since(self.started);
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        self.last_end.fetch_max(nanos, Ordering::AcqRel);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Resolves once the connection has been without a request until its
-    /// deadline.
+    /// Resolves when the connection has been idle too long, or its first
+    /// request never came.
     pub async fn expired(&self) {
+        // The first look comes no later than one `timeout` in, so a first
+        // request that ends early is timed from its end.
+        let mut wake_at = self.first_request_by.min(self.started + self.timeout);
         loop {
-            let changed = self.changed.notified();
-            let mut changed = std::pin::pin!(changed);
-            changed.as_mut().enable();
-            let Some(deadline) = self.lock().deadline else {
-                changed.await;
-                continue;
+            tokio::time::sleep_until(wake_at).await;
+            let now = Instant::now();
+            wake_at = match self.deadline() {
+                Some(deadline) if deadline <= now => return,
+                Some(deadline) => deadline,
+                None => now + self.timeout,
             };
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline) => {
-                    if self.lock().deadline == Some(deadline) {
-                        return;
-                    }
-                }
-                () = changed => {}
-            }
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// When the connection may be closed; `None` while a request runs.
+    fn deadline(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        if !self.begun.load(Ordering::Acquire) {
+            return Some(self.first_request_by);
+        }
+        let last_end = Duration::from_nanos(self.last_end.load(Ordering::Acquire));
+        Some(self.started + last_end + self.timeout)
     }
 }
 
@@ -127,5 +128,15 @@ mod tests {
         assert!(waiting.is_err(), "one request still runs");
         drop(second);
         idle.expired().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_ends_early_starts_the_clock_when_it_ends() {
+        let idle = Arc::new(Idle::new(Instant::now() + 10 * SECOND, 3 * SECOND));
+        tokio::time::advance(SECOND).await;
+        drop(idle.begin());
+        let started = Instant::now();
+        idle.expired().await;
+        assert_eq!(started.elapsed(), 3 * SECOND);
     }
 }
