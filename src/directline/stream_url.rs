@@ -143,6 +143,23 @@ pub fn conversation_and_token(body: &[u8]) -> Option<(String, String)> {
     Some((fields.conversation_id?, fields.token?))
 }
 
+/// Whether a query key is `name` as a server reads it: `+` is a space,
+/// escapes decoded, surrounding spaces and case ignored. Only a key with an
+/// escape or a `+` is decoded (into a new string).
+fn key_is(key: &str, name: &str) -> bool {
+    if !key.contains(['%', '+']) {
+        return key.trim().eq_ignore_ascii_case(name);
+    }
+    percent_encoding::percent_decode_str(&key.replace('+', " "))
+        .decode_utf8_lossy()
+        .trim()
+        .eq_ignore_ascii_case(name)
+}
+
+fn query_key(pair: &str) -> &str {
+    pair.split_once('=').map_or(pair, |(key, _)| key)
+}
+
 /// Removes every query parameter called `name` from `uri` (however its
 /// name is spelled: percent-escaped or in another case, as servers decode
 /// it), keeping every other byte of the query; returns their (undecoded)
@@ -152,24 +169,21 @@ pub fn take_query_params(uri: &Uri, name: &str) -> (Uri, Vec<String>) {
     let Some(query) = uri.query() else {
         return (uri.clone(), Vec::new());
     };
+    if !query.split('&').any(|pair| key_is(query_key(pair), name)) {
+        return (uri.clone(), Vec::new());
+    }
     let mut values = Vec::new();
     let kept: Vec<&str> = query
         .split('&')
         .filter(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let decoded = percent_encoding::percent_decode_str(&key.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned();
-            let matches = decoded.trim().eq_ignore_ascii_case(name);
+            let matches = key_is(query_key(pair), name);
             if matches {
+                let value = pair.split_once('=').map_or("", |(_, value)| value);
                 values.push(value.to_string());
             }
             !matches
         })
         .collect();
-    if values.is_empty() {
-        return (uri.clone(), values);
-    }
     let path_and_query = if kept.is_empty() {
         uri.path().to_string()
     } else {

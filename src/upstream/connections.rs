@@ -22,7 +22,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, header};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::TrySendError;
@@ -78,7 +78,7 @@ impl Connections {
         mut request: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let origin = Origin::of(request.uri())?;
-        to_origin_form(&mut request, &origin);
+        to_origin_form(&mut request);
         while let Some(mut connection) = self.take_idle(&origin) {
             match connection.exchange(request).await {
                 Ok(response) => return Ok(self.attach(response, connection)),
@@ -104,13 +104,14 @@ impl Connections {
             .await
             .map_err(SendError::Connect)?;
         let io = connector
-            .call(origin.uri.clone())
+            .call(origin.uri()?)
             .await
             .map_err(SendError::Connect)?;
         let (sender, driver) = http1::Builder::new().handshake(io).await?;
         Ok(Box::new(Connection {
             sender,
             driver,
+            host: origin.host_header(),
             origin,
             closed: false,
             idle_since: Instant::now(),
@@ -179,9 +180,11 @@ impl Connections {
 }
 
 /// Where a connection goes: the scheme and authority of a request's URI.
+/// Cloning one only bumps reference counts, so it is taken per request.
 #[derive(Clone, PartialEq)]
 struct Origin {
-    uri: Uri,
+    scheme: Scheme,
+    authority: Authority,
 }
 
 impl Origin {
@@ -191,24 +194,31 @@ impl Origin {
                 "the upstream URI is not absolute".into(),
             ));
         };
-        let uri = Uri::builder()
-            .scheme(scheme.clone())
-            .authority(authority.clone())
+        Ok(Origin {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+        })
+    }
+
+    /// What the connector dials.
+    fn uri(&self) -> Result<Uri, SendError> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
             .path_and_query("/")
             .build()
-            .map_err(|error| SendError::Connect(error.into()))?;
-        Ok(Origin { uri })
+            .map_err(|error| SendError::Connect(error.into()))
     }
 
     /// `host[:port]`, the port left out when it is the scheme's default.
     fn host_header(&self) -> Option<HeaderValue> {
-        let host = self.uri.host()?;
-        let default_port = if self.uri.scheme() == Some(&Scheme::HTTPS) {
+        let host = self.authority.host();
+        let default_port = if self.scheme == Scheme::HTTPS {
             443
         } else {
             80
         };
-        match self.uri.port_u16() {
+        match self.authority.port_u16() {
             Some(port) if port != default_port => {
                 HeaderValue::from_str(&format!("{host}:{port}")).ok()
             }
@@ -217,15 +227,8 @@ impl Origin {
     }
 }
 
-/// What goes on the wire: the path and query as the request target, and a
-/// `Host` header when it has none (what the pooled client did for its
-/// callers).
-fn to_origin_form(request: &mut Request<ProxyBody>, origin: &Origin) {
-    if !request.headers().contains_key(header::HOST)
-        && let Some(host) = origin.host_header()
-    {
-        request.headers_mut().insert(header::HOST, host);
-    }
+/// The request target goes on the wire as its path and query.
+fn to_origin_form(request: &mut Request<ProxyBody>) {
     let target = request
         .uri()
         .path_and_query()
@@ -238,6 +241,9 @@ struct Connection {
     sender: http1::SendRequest<ProxyBody>,
     driver: Driver,
     origin: Origin,
+    /// The `Host` a request without one gets (what the pooled client did
+    /// for its callers), made once per connection.
+    host: Option<HeaderValue>,
     closed: bool,
     idle_since: Instant,
 }
@@ -247,8 +253,13 @@ impl Connection {
     /// is in.
     async fn exchange(
         &mut self,
-        request: Request<ProxyBody>,
+        mut request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
+        if let Some(host) = &self.host
+            && !request.headers().contains_key(header::HOST)
+        {
+            request.headers_mut().insert(header::HOST, host.clone());
+        }
         let mut response = std::pin::pin!(self.sender.try_send_request(request));
         poll_fn(|cx| {
             loop {
