@@ -23,6 +23,7 @@ pub mod router;
 pub mod server;
 pub mod sso;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 
@@ -155,7 +156,8 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         _ => None,
     };
     let metrics = Arc::new(Metrics::new());
-    let upstream = Arc::new(Upstream::new(&config.upstream, metrics.clone())?);
+    let traces = telemetry::Traces::new(&config.telemetry);
+    let upstream = Arc::new(Upstream::new(&config.upstream, metrics.clone())?.with_traces(traces));
     let credentials = ServerCredentials::from_config(
         &config.directline,
         |var| std::env::var(var).ok(),

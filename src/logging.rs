@@ -10,6 +10,10 @@
 //! [`UNSAFE_WIRE_LOGS`] is set.
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+use crate::body::BoxError;
+use crate::telemetry::Telemetry;
 
 /// Targets whose debug/trace output can carry message contents or headers.
 const CAPPED_TARGETS: [&str; 5] = ["tungstenite", "tokio_tungstenite", "h2", "hyper", "rustls"];
@@ -100,21 +104,16 @@ fn is_capped(target: &str) -> bool {
         .any(|capped| target == *capped || target.starts_with(&format!("{capped}::")))
 }
 
-pub fn init(json: bool) {
+/// Installs the process's subscriber: log lines to stderr, and with
+/// `telemetry` the layer that exports spans. Without it the subscriber is
+/// the plain formatter alone, so telemetry that is off costs nothing.
+pub fn init(json: bool, telemetry: Option<&Telemetry>) {
     let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
     let allow_wire = std::env::var(UNSAFE_WIRE_LOGS).is_ok_and(|v| v == "1");
     let Filter { filter, capped } = filter_for(&directives, allow_wire);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init()
-    } else {
-        builder.try_init()
+    let result = match telemetry {
+        Some(telemetry) => init_with_traces(json, filter, telemetry),
+        None => init_logs_only(json, filter),
     };
     if let Err(error) = result {
         eprintln!("logging already initialised: {error}");
@@ -129,6 +128,40 @@ pub fn init(json: bool) {
             "{UNSAFE_WIRE_LOGS}=1: wire-level logs are allowed and may print users' tokens"
         );
     }
+}
+
+fn init_logs_only(json: bool, filter: EnvFilter) -> Result<(), BoxError> {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init()
+    } else {
+        builder.try_init()
+    }
+}
+
+/// The same log lines, the filter applying to them only: spans are
+/// exported whatever `RUST_LOG` says.
+fn init_with_traces(json: bool, filter: EnvFilter, telemetry: &Telemetry) -> Result<(), BoxError> {
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let result = if json {
+        let lines = lines.json().flatten_event(true).with_current_span(true);
+        tracing_subscriber::registry()
+            .with(lines.with_filter(filter))
+            .with(telemetry.layer())
+            .try_init()
+    } else {
+        tracing_subscriber::registry()
+            .with(lines.with_filter(filter))
+            .with(telemetry.layer())
+            .try_init()
+    };
+    result.map_err(BoxError::from)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use directline_proxy::config::Config;
 use directline_proxy::logging;
+use directline_proxy::telemetry::Telemetry;
 #[cfg(feature = "emulator")]
 use directline_proxy::{demo, emulator};
 
@@ -89,7 +90,7 @@ fn main() -> ExitCode {
 
 #[cfg(feature = "emulator")]
 async fn demo(args: DemoArgs) -> ExitCode {
-    logging::init(false);
+    logging::init(false, None);
     let options = demo::DemoOptions {
         listen: args.listen,
         page_listen: args.page_listen,
@@ -106,7 +107,7 @@ async fn demo(args: DemoArgs) -> ExitCode {
 
 #[cfg(feature = "emulator")]
 async fn run_emulator(listen: SocketAddr, rough: bool) -> ExitCode {
-    logging::init(false);
+    logging::init(false, None);
     let config = emulator::EmulatorConfig {
         listen,
         rough,
@@ -181,7 +182,14 @@ async fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging::init(config.log.json());
+    let telemetry = match Telemetry::start(&config.telemetry, tokio::runtime::Handle::current()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    logging::init(config.log.json(), telemetry.as_ref());
     // Before the port is bound: from then on an orchestrator may signal the
     // process, and a signal without a handler kills it (SIGHUP's default).
     let mut signals = match Signals::install() {
@@ -228,6 +236,9 @@ async fn run(path: &std::path::Path) -> ExitCode {
         }
     });
     proxy.wait().await;
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

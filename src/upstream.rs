@@ -17,10 +17,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use thiserror::Error;
+use tracing::Instrument;
 
 use crate::body::ProxyBody;
 use crate::config::UpstreamConfig;
 use crate::metrics::{ErrorKind, Metrics};
+use crate::telemetry::Traces;
 use crate::tls::{self, TlsError};
 use connections::{Connections, SendError};
 
@@ -67,6 +69,7 @@ pub struct Upstream {
     base: ArcSwap<Uri>,
     request_timeout: Duration,
     metrics: Arc<Metrics>,
+    traces: Traces,
 }
 
 impl Upstream {
@@ -102,7 +105,19 @@ impl Upstream {
             base: ArcSwap::from_pointee(base),
             request_timeout: config.request_timeout,
             metrics,
+            traces: Traces::default(),
         })
+    }
+
+    /// Traces every call (`[telemetry]` on): each gets a client span, whose
+    /// context replaces the client's `traceparent`.
+    pub fn with_traces(mut self, traces: Traces) -> Upstream {
+        self.traces = traces;
+        self
+    }
+
+    pub fn traces(&self) -> Traces {
+        self.traces
     }
 
     /// The upstream URL for the path and query the client asked for, under
@@ -147,12 +162,13 @@ impl Upstream {
     /// configured request timeout. `route` labels the metrics.
     pub async fn send(
         &self,
-        request: Request<ProxyBody>,
+        mut request: Request<ProxyBody>,
         route: &'static str,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let span = self.call_span(&mut request, route);
         // Boxed, so the caller's future does not carry the exchange's state.
         let sent = Box::pin(self.connections.send(request));
-        self.timed(route, async {
+        self.timed(route, span, async {
             sent.await.map_err(|error| match error {
                 SendError::Connect(error) => UpstreamError::Unreachable(error_chain(&*error)),
                 SendError::Http(error) => UpstreamError::Failed(error_chain(&error)),
@@ -165,11 +181,12 @@ impl Upstream {
     /// stream): the pooled client hands the upgraded connection over.
     pub async fn send_upgrade(
         &self,
-        request: Request<ProxyBody>,
+        mut request: Request<ProxyBody>,
         route: &'static str,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let span = self.call_span(&mut request, route);
         let sent = self.client.request(request);
-        self.timed(route, async {
+        self.timed(route, span, async {
             sent.await.map_err(|error| {
                 if error.is_connect() {
                     UpstreamError::Unreachable(error_chain(&error))
@@ -181,16 +198,40 @@ impl Upstream {
         .await
     }
 
+    /// With traces on, the call's client span, whose context `request`
+    /// carries on instead of the client's; a disabled span otherwise. The
+    /// query is never recorded: it can carry the stream token `t=`.
+    fn call_span(&self, request: &mut Request<ProxyBody>, route: &'static str) -> tracing::Span {
+        let span = self.traces.span(|| {
+            tracing::info_span!(
+                "upstream",
+                otel.kind = "client",
+                http.request.method = %request.method(),
+                server.address = request.uri().host().unwrap_or_default(),
+                url.path = request.uri().path(),
+                route,
+                http.response.status_code = tracing::field::Empty,
+            )
+        });
+        self.traces.inject(&span, request.headers_mut());
+        span
+    }
+
     async fn timed<B>(
         &self,
         route: &'static str,
+        span: tracing::Span,
         sent: impl Future<Output = Result<Response<B>, UpstreamError>>,
     ) -> Result<Response<B>, UpstreamError> {
         let started = Instant::now();
         let result = tokio::time::timeout(self.request_timeout, sent)
+            .instrument(span.clone())
             .await
             .unwrap_or(Err(UpstreamError::Timeout(self.request_timeout)));
         let status = result.as_ref().ok().map(Response::status);
+        if let Some(status) = status {
+            self.traces.record_status(&span, status.as_u16());
+        }
         let timed_out = matches!(result, Err(UpstreamError::Timeout(_)));
         self.metrics
             .upstream_request(route, status, timed_out, started.elapsed());

@@ -433,6 +433,7 @@ fn sso_inspector() -> Inspector {
         user_headers: http::HeaderMap::new(),
         requester: Requester::Anonymous,
         owner_matches: true,
+        trace_parent: None,
     };
     Inspector::new(Arc::new(SignInConversation::new(Arc::new(sso), access)))
 }

@@ -8,11 +8,12 @@ const SECRETS: [&str; 2] = ["sso.seal_keys", "sso.static"];
 
 /// Keys whose values are URLs, whose userinfo or query may hold a
 /// credential (an Azure Functions `code=`).
-const URLS: [&str; 4] = [
+const URLS: [&str; 5] = [
     "listen.public_url",
     "upstream.url",
     "sso.http.url",
     "sso.oauth2.token_url",
+    "telemetry.otlp_endpoint",
 ];
 
 const HIDDEN: &str = "<redacted>";

@@ -25,6 +25,7 @@ mod log;
 mod metrics;
 mod reload;
 mod sso;
+mod telemetry;
 pub mod token_post;
 mod upstream;
 mod value;
@@ -42,6 +43,7 @@ pub use sso::{
     Flow, Grant, HeaderProviderConfig, HttpProviderConfig, OAuth2ProviderConfig, ProviderKind,
     SEAL_KEY_LEN, SsoConfig, StaticProviderConfig, decode_seal_key,
 };
+pub use telemetry::TelemetryConfig;
 pub use upstream::UpstreamConfig;
 pub use websocket::WebSocketConfig;
 
@@ -91,6 +93,7 @@ pub struct Config {
     pub directline: DirectLineConfig,
     pub reload: ReloadConfig,
     pub admin: AdminConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -139,6 +142,7 @@ impl Config {
         self.websocket.validate()?;
         self.directline.validate()?;
         self.sso.validate()?;
+        self.telemetry.validate()?;
         if self.sso.reads_user_request() && self.listen.allowed_origins.is_empty() {
             return Err(ConfigError::invalid(
                 "listen.allowed_origins",

@@ -105,6 +105,24 @@ pub fn base_url<'de, D: Deserializer<'de>>(d: D) -> Result<Uri, D::Error> {
     )
 }
 
+/// For an optional base URL: present means set.
+pub fn some_base_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Uri>, D::Error> {
+    base_url(d).map(Some)
+}
+
+/// A share from 0.0 to 1.0 (an integer 0 or 1 too).
+pub fn ratio<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(d)?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(D::Error::invalid_value(
+            Unexpected::Float(value),
+            &"a number from 0.0 to 1.0",
+        ))
+    }
+}
+
 /// A base URL that clients reach, which may be a WebSocket one.
 pub fn some_public_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Uri>, D::Error> {
     url(

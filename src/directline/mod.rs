@@ -64,7 +64,15 @@ pub async fn serve(
         method = %request.method(),
         route = route.name(),
         conversation_id = route.conversation_id().unwrap_or(""),
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
     );
+    let traces = state.upstream.traces();
+    if traces.on() {
+        let name = format!("{} {}", request.method(), route.name());
+        traces.join_client(&span, &name, request.headers());
+    }
     async move {
         let started = Instant::now();
         let response = match route {
@@ -100,6 +108,9 @@ pub async fn serve(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "request done"
         );
+        if traces.on() {
+            traces.record_status(&tracing::Span::current(), response.status().as_u16());
+        }
         response
     }
     .instrument(span)

@@ -6,6 +6,7 @@
 //! then turn both upgraded connections into tungstenite streams.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -13,8 +14,9 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use opentelemetry::Context;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::Instrument;
@@ -26,8 +28,9 @@ use super::state::RelayState;
 use crate::body::{BoxError, ProxyBody, empty};
 use crate::error::ProxyError;
 use crate::header_hygiene::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
-use crate::metrics::{ErrorKind, Transport};
+use crate::metrics::{ErrorKind, Metrics, Transport};
 use crate::quota::OpenStream;
+use crate::telemetry::Traces;
 use crate::upstream::UpstreamError;
 
 /// Whether the request asks for a WebSocket upgrade (RFC 6455 section 4.2.1).
@@ -134,7 +137,14 @@ pub async fn upgrade(
         _slot: slot,
         _open_stream: open_stream,
     };
-    spawn_relay(state, client_upgrade, upstream_upgrade, held, inspector);
+    spawn_relay(
+        state,
+        client_upgrade,
+        upstream_upgrade,
+        held,
+        inspector,
+        conversation_id,
+    );
     response
 }
 
@@ -214,6 +224,7 @@ fn spawn_relay(
     upstream: OnUpgrade,
     held: Held,
     inspector: Inspector,
+    conversation_id: &str,
 ) {
     let settings = relay::RelaySettings {
         close_timeout: state.close_timeout,
@@ -223,26 +234,51 @@ fn spawn_relay(
         limits: state.frame_limits,
     };
     let metrics = state.metrics.clone();
-    let span = tracing::Span::current();
+    let traces = state.upstream.traces();
+    let opening = tracing::Span::current();
+    let lifetime = traces.stream_lifetime(opening.clone(), conversation_id);
     let task = async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(error) => {
-                metrics.error(ErrorKind::WebsocketHandshake);
-                tracing::warn!(%error, "WebSocket upgrade did not complete");
-                return;
-            }
+        // The handshake's span ends with the upgrade; with traces on, the
+        // relay then runs in a log-only span of its own.
+        let Some((client, upstream, parent)) = complete_upgrade(client, upstream, &metrics, traces)
+            .instrument(opening)
+            .await
+        else {
+            return;
         };
-        tracing::info!("stream opened");
+        let started = Instant::now();
         let active = metrics.connection(Transport::Websocket);
-        let outcome = relay::run(TokioIo::new(client), TokioIo::new(upstream), settings).await;
+        let outcome = relay::run(TokioIo::new(client), TokioIo::new(upstream), settings)
+            .instrument(lifetime.clone())
+            .await;
         if outcome.lost() {
             metrics.error(ErrorKind::WebsocketLost);
         }
-        tracing::info!(?outcome, "stream closed");
+        let closing = traces.stream_closed(parent.as_ref(), started.elapsed());
+        lifetime.in_scope(|| closing.in_scope(|| tracing::info!(?outcome, "stream closed")));
         drop(active);
         drop(held);
-    }
-    .instrument(span);
+    };
     state.lifecycle.streams.spawn(task);
+}
+
+/// Both upgraded connections, and the handshake span's trace context for
+/// what happens later on the stream; `None` when an upgrade failed.
+async fn complete_upgrade(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    metrics: &Metrics,
+    traces: Traces,
+) -> Option<(Upgraded, Upgraded, Option<Context>)> {
+    match tokio::try_join!(client, upstream) {
+        Ok((client, upstream)) => {
+            tracing::info!("stream opened");
+            Some((client, upstream, traces.current()))
+        }
+        Err(error) => {
+            metrics.error(ErrorKind::WebsocketHandshake);
+            tracing::warn!(%error, "WebSocket upgrade did not complete");
+            None
+        }
+    }
 }

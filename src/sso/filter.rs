@@ -123,6 +123,7 @@ mod tests {
             user_headers: HeaderMap::new(),
             requester: Requester::Anonymous,
             owner_matches: true,
+            trace_parent: None,
         };
         SignInConversation::new(Arc::new(sso), context)
     }

@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::body::full;
 use crate::directline::activity::{OAuthCard, PROXY_INVOKE_MARKER};
+use crate::telemetry;
 use crate::upstream::{HttpClient, Upstream};
 
 /// Everything but RFC 3986's unreserved characters is escaped in the
@@ -142,7 +143,7 @@ pub async fn token_post(
     sas_url: &Uri,
     user_token: &str,
 ) -> Result<(), ExchangeError> {
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(Method::POST)
         .uri(sas_url.clone())
         .header(
@@ -151,6 +152,7 @@ pub async fn token_post(
         )
         .body(full(json!({ "token": user_token }).to_string()))
         .map_err(|e| ExchangeError::Transport(e.to_string()))?;
+    telemetry::inject_current(request.headers_mut());
     let response = client
         .request(request)
         .await

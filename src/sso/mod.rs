@@ -26,11 +26,13 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use http::{HeaderMap, Uri};
 use thiserror::Error;
+use tracing::{Instrument, Span};
 
 use crate::config::SsoConfig;
 use crate::directline::activity::{self, ActivitySet, Markers, OAuthCard};
 use crate::directline::filter::Requester;
 use crate::metrics::{ErrorKind, Metrics};
+use crate::telemetry::{self, Traces};
 use crate::upstream::{HttpClient, Upstream};
 use allow_list::AllowList;
 use decisions::{Begin, Decisions};
@@ -71,6 +73,9 @@ pub struct ConversationContext {
     /// False when the conversation's sealed owner is someone other than the
     /// requester: nothing is decided for them.
     pub owner_matches: bool,
+    /// With traces on, the trace of the request the stream or poll came
+    /// in: its decisions are part of it.
+    pub trace_parent: Option<opentelemetry::Context>,
 }
 
 pub struct Sso {
@@ -88,6 +93,7 @@ pub struct Sso {
     upstream: Arc<Upstream>,
     client: HttpClient,
     metrics: Arc<Metrics>,
+    traces: Traces,
 }
 
 impl Sso {
@@ -111,6 +117,7 @@ impl Sso {
             markers: Markers::default(),
             timeout: config.timeout,
             client: upstream.client(),
+            traces: upstream.traces(),
             upstream,
             provider,
             metrics,
@@ -187,6 +194,7 @@ impl Sso {
             user_headers,
             requester,
             owner_matches,
+            trace_parent: self.traces.current(),
         }
     }
 
@@ -210,6 +218,7 @@ impl Sso {
             // through binding (the card's recipient).
             owner_matches: !(self.require_owner && requester == Requester::Anonymous),
             requester,
+            trace_parent: self.traces.current(),
         }
     }
 
@@ -299,20 +308,25 @@ impl Sso {
             return false;
         };
         let started = Instant::now();
+        let span = self.decision_span(context, flow);
         let outcome = tokio::time::timeout(self.timeout, self.attempt(flow, context, card))
+            .instrument(span.clone())
             .await
             .unwrap_or(Outcome::Timeout);
         let elapsed = started.elapsed();
         self.metrics
             .sso_decision(flow.as_str(), outcome.as_str(), elapsed);
-        tracing::info!(
-            conversation_id = %context.conversation_id,
-            flow = flow.as_str(),
-            outcome = outcome.as_str(),
-            provider = self.provider.name(),
-            elapsed_ms = elapsed.as_millis() as u64,
-            "sso decision"
-        );
+        span.record("sso.outcome", outcome.as_str());
+        span.in_scope(|| {
+            tracing::info!(
+                conversation_id = %context.conversation_id,
+                flow = flow.as_str(),
+                outcome = outcome.as_str(),
+                provider = self.provider.name(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "sso decision"
+            );
+        });
         let success = outcome == Outcome::Success;
         if !success && outcome.sent_nothing() && self.fell_back(card, context) {
             // Token post stood in for an invoke this stream could not make,
@@ -360,13 +374,33 @@ impl Sso {
     fn refused(&self, context: &ConversationContext, flow: Flow, outcome: Outcome) {
         self.metrics
             .sso_decision(flow.as_str(), outcome.as_str(), Duration::ZERO);
-        tracing::info!(
-            conversation_id = %context.conversation_id,
-            flow = flow.as_str(),
-            outcome = outcome.as_str(),
-            provider = self.provider.name(),
-            "sso decision"
-        );
+        let span = self.decision_span(context, flow);
+        span.record("sso.outcome", outcome.as_str());
+        span.in_scope(|| {
+            tracing::info!(
+                conversation_id = %context.conversation_id,
+                flow = flow.as_str(),
+                outcome = outcome.as_str(),
+                provider = self.provider.name(),
+                "sso decision"
+            );
+        });
+    }
+
+    /// With traces on, the span of one decision, in the trace of the
+    /// request its stream or poll came in.
+    fn decision_span(&self, context: &ConversationContext, flow: Flow) -> Span {
+        self.traces.span(|| {
+            let span = tracing::info_span!(
+                "sso.decision",
+                sso.flow = flow.as_str(),
+                sso.provider = self.provider.name(),
+                sso.outcome = tracing::field::Empty,
+                conversation_id = %context.conversation_id,
+            );
+            telemetry::set_parent(&span, context.trace_parent.as_ref());
+            span
+        })
     }
 
     /// Whether the invoke was enabled and offered but this stream lacks the
@@ -418,7 +452,19 @@ impl Sso {
             Err(error) => return provider_outcome(&context.conversation_id, &error),
         };
         let result = match (flow, sas_url) {
-            (Flow::TokenPost, Some(url)) => flows::token_post(&self.client, &url, &token).await,
+            (Flow::TokenPost, Some(url)) => {
+                let span = self.traces.span(|| {
+                    tracing::info_span!(
+                        "sso.token_post",
+                        otel.kind = "client",
+                        server.address = url.host().unwrap_or_default(),
+                        url.path = url.path(),
+                    )
+                });
+                flows::token_post(&self.client, &url, &token)
+                    .instrument(span)
+                    .await
+            }
             (Flow::Invoke, _) => {
                 let Some(conversation_token) = context.token.as_deref() else {
                     return Outcome::NoContext;
@@ -428,7 +474,10 @@ impl Sso {
                     conversation_token,
                     user_id,
                 };
-                flows::invoke(&self.upstream, &target, card, &token).await
+                let span = self.traces.span(|| tracing::info_span!("sso.invoke"));
+                flows::invoke(&self.upstream, &target, card, &token)
+                    .instrument(span)
+                    .await
             }
             (Flow::TokenPost, None) => return Outcome::NotAllowed,
         };
@@ -449,12 +498,21 @@ impl Sso {
 impl Sso {
     async fn provider_token(&self, request: &TokenRequest<'_>) -> Result<String, ProviderError> {
         let started = Instant::now();
-        let result = self.provider.token(request).await;
+        let span = self.traces.span(|| {
+            tracing::info_span!(
+                "sso.provider",
+                otel.kind = "client",
+                sso.provider = self.provider.name(),
+                sso.provider.outcome = tracing::field::Empty,
+            )
+        });
+        let result = self.provider.token(request).instrument(span.clone()).await;
         let outcome = match &result {
             Ok(_) => "token",
             Err(ProviderError::NoToken(_)) => "no_token",
             Err(ProviderError::Failed(_)) => "error",
         };
+        span.record("sso.provider.outcome", outcome);
         self.metrics
             .provider_call(self.provider.name(), outcome, started.elapsed());
         result

@@ -20,6 +20,7 @@ mod shutdown;
 mod sso;
 mod sso_trust;
 mod stream_url;
+mod telemetry;
 mod tls;
 mod transparency;
 mod websocket;

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::{ProviderError, ProviderSetupError, TokenProvider, TokenRequest};
 use crate::body::full;
 use crate::config::HttpProviderConfig;
+use crate::telemetry;
 use crate::upstream::HttpClient;
 
 /// An auth API answer larger than this is not a token.
@@ -83,6 +84,7 @@ impl HttpProvider {
                 outgoing.headers_mut().append(name.clone(), value.clone());
             }
         }
+        telemetry::inject_current(outgoing.headers_mut());
         let response = self
             .client
             .request(outgoing)

@@ -22,6 +22,7 @@ use super::header::token_from;
 use super::{ProviderError, ProviderSetupError, TokenProvider, TokenRequest};
 use crate::body::full;
 use crate::config::{Grant, OAuth2ProviderConfig};
+use crate::telemetry;
 use crate::upstream::HttpClient;
 
 pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -194,9 +195,10 @@ impl OAuth2Provider {
         if let Some(basic_auth) = basic_auth {
             request = request.header(header::AUTHORIZATION, basic_auth);
         }
-        let request = request
+        let mut request = request
             .body(full(form))
             .map_err(|e| ProviderError::Failed(e.to_string()))?;
+        telemetry::inject_current(request.headers_mut());
         let response = self
             .client
             .request(request)
