@@ -328,14 +328,17 @@ pub fn rewrite(set: &ActivitySet<'_>, findings: &Findings, exchanged: &[&OAuthCa
         let kept = match (parsed, removed.get(&index)) {
             (Some(activity), Some(attachments)) => match without_attachments(activity, attachments)
             {
-                Some(kept) => std::borrow::Cow::Owned(kept.to_string()),
+                Some(kept) => match serde_json::to_vec(&kept) {
+                    Ok(kept) => std::borrow::Cow::Owned(kept),
+                    Err(_) => std::borrow::Cow::Borrowed(raw.get().as_bytes()),
+                },
                 None => continue,
             },
-            _ => std::borrow::Cow::Borrowed(raw.get()),
+            _ => std::borrow::Cow::Borrowed(raw.get().as_bytes()),
         };
         let before = if kept_any { separator } else { leading.clone() };
         out.extend_from_slice(&bytes[before]);
-        out.extend_from_slice(kept.as_bytes());
+        out.extend_from_slice(&kept);
         kept_any = true;
     }
     if kept_any {

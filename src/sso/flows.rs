@@ -5,7 +5,7 @@ use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Limited};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use ring::rand::{SecureRandom, SystemRandom};
-use serde_json::json;
+use serde::Serialize;
 use thiserror::Error;
 
 use crate::body::full;
@@ -62,17 +62,21 @@ pub async fn invoke(
         .as_ref()
         .map(|e| e.id.as_str())
         .unwrap_or_default();
-    let activity = json!({
-        "type": "invoke",
-        "name": "signin/tokenExchange",
-        "value": {
-            "id": exchange_id,
-            "connectionName": card.connection_name.as_deref().unwrap_or_default(),
-            "token": user_token,
+    let activity = InvokeActivity {
+        kind: "invoke",
+        name: "signin/tokenExchange",
+        value: TokenExchange {
+            id: exchange_id,
+            connection_name: card.connection_name.as_deref().unwrap_or_default(),
+            token: user_token,
         },
-        "from": { "id": target.user_id },
-        "channelData": { "clientActivityID": client_activity_id() },
-    });
+        from: From { id: target.user_id },
+        channel_data: ChannelData {
+            client_activity_id: client_activity_id(),
+        },
+    };
+    let activity = serde_json::to_vec(&activity)
+        .map_err(|e| ExchangeError::Transport(format!("invoke activity: {e}")))?;
     let path = format!(
         "/v3/directline/conversations/{}/activities",
         utf8_percent_encode(target.conversation_id, PATH_SEGMENT)
@@ -93,7 +97,7 @@ pub async fn invoke(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )
-        .body(full(activity.to_string()))
+        .body(full(activity))
         .map_err(|e| ExchangeError::Transport(e.to_string()))?;
     let response = upstream
         .send(request, "sso_invoke")
@@ -128,12 +132,55 @@ fn describe_refusal(status: StatusCode, body: &[u8]) -> String {
     }
 }
 
+/// The `signin/tokenExchange` invoke, serialized straight from borrowed
+/// fields in the order Direct Line clients write them.
+#[derive(Serialize)]
+struct InvokeActivity<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    name: &'static str,
+    value: TokenExchange<'a>,
+    from: From<'a>,
+    #[serde(rename = "channelData")]
+    channel_data: ChannelData,
+}
+
+#[derive(Serialize)]
+struct TokenExchange<'a> {
+    id: &'a str,
+    #[serde(rename = "connectionName")]
+    connection_name: &'a str,
+    token: &'a str,
+}
+
+#[derive(Serialize)]
+struct TokenPostBody<'a> {
+    token: &'a str,
+}
+
+#[derive(Serialize)]
+struct From<'a> {
+    id: &'a str,
+}
+
+#[derive(Serialize)]
+struct ChannelData {
+    #[serde(rename = "clientActivityID")]
+    client_activity_id: String,
+}
+
 /// Marks the proxy's invoke so its echo is recognised and never shown.
 fn client_activity_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut random = [0u8; 12];
     let _ = SystemRandom::new().fill(&mut random);
-    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{PROXY_INVOKE_MARKER}{hex}")
+    let mut id = String::with_capacity(PROXY_INVOKE_MARKER.len() + 2 * random.len());
+    id.push_str(PROXY_INVOKE_MARKER);
+    for byte in random {
+        id.push(char::from(HEX[usize::from(byte >> 4)]));
+        id.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    id
 }
 
 /// Posts `{"token"}` to the card's `sasUrl`. 200 is success, and so are 202
@@ -143,6 +190,8 @@ pub async fn token_post(
     sas_url: &Uri,
     user_token: &str,
 ) -> Result<(), ExchangeError> {
+    let body = serde_json::to_vec(&TokenPostBody { token: user_token })
+        .map_err(|e| ExchangeError::Transport(format!("token post body: {e}")))?;
     let mut request = Request::builder()
         .method(Method::POST)
         .uri(sas_url.clone())
@@ -150,7 +199,7 @@ pub async fn token_post(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )
-        .body(full(json!({ "token": user_token }).to_string()))
+        .body(full(body))
         .map_err(|e| ExchangeError::Transport(e.to_string()))?;
     telemetry::inject_current(request.headers_mut());
     let response = client

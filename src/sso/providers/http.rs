@@ -6,7 +6,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Limited};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ProviderError, ProviderSetupError, TokenProvider, TokenRequest};
 use crate::body::full;
@@ -16,6 +16,30 @@ use crate::upstream::HttpClient;
 
 /// An auth API answer larger than this is not a token.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// What the provider is asked, serialized straight from borrowed fields
+/// (absent ones as `null`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProviderQuestion<'a> {
+    conversation_id: &'a str,
+    user_id: &'a str,
+    connection_name: &'a str,
+    resource_uri: Option<&'a str>,
+    provider_id: Option<&'a str>,
+}
+
+impl<'a> ProviderQuestion<'a> {
+    fn of(request: &TokenRequest<'a>) -> ProviderQuestion<'a> {
+        ProviderQuestion {
+            conversation_id: request.conversation_id,
+            user_id: request.user_id,
+            connection_name: request.connection_name,
+            resource_uri: request.resource_uri,
+            provider_id: request.provider_id,
+        }
+    }
+}
 
 pub struct HttpProvider {
     url: Uri,
@@ -63,13 +87,8 @@ impl HttpProvider {
     }
 
     async fn call(&self, request: &TokenRequest<'_>) -> Result<String, ProviderError> {
-        let body = serde_json::json!({
-            "conversationId": request.conversation_id,
-            "userId": request.user_id,
-            "connectionName": request.connection_name,
-            "resourceUri": request.resource_uri,
-            "providerId": request.provider_id,
-        });
+        let body = serde_json::to_vec(&ProviderQuestion::of(request))
+            .map_err(|e| ProviderError::Failed(format!("provider request: {e}")))?;
         let mut outgoing = Request::builder()
             .method(Method::POST)
             .uri(self.url.clone())
@@ -77,7 +96,7 @@ impl HttpProvider {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             )
-            .body(full(body.to_string()))
+            .body(full(body))
             .map_err(|e| ProviderError::Failed(e.to_string()))?;
         for name in &self.forward_headers {
             for value in request.user_headers.get_all(name) {
