@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, SsoConfig};
 use crate::sso::SsoSetupError;
-use crate::state::{Live, Shared};
+use crate::state::Settings;
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, Error)]
@@ -38,7 +38,7 @@ pub enum ReloadError {
 pub type SharedAcceptor = Arc<ArcSwap<TlsAcceptor>>;
 
 pub struct Reloader {
-    shared: Arc<Shared>,
+    settings: Arc<Settings>,
     tls: Option<SharedAcceptor>,
     /// Held while a config is applied, so two reloads never both build on
     /// the same settings in force.
@@ -49,9 +49,9 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(shared: Arc<Shared>, tls: Option<SharedAcceptor>) -> Reloader {
+    pub fn new(settings: Arc<Settings>, tls: Option<SharedAcceptor>) -> Reloader {
         Reloader {
-            shared,
+            settings,
             tls,
             applying: Mutex::new(()),
             file_reload: Mutex::new(()),
@@ -62,7 +62,7 @@ impl Reloader {
     pub fn apply(&self, new: Config) -> Result<(), ReloadError> {
         new.validate()?;
         let _one_at_a_time = self.applying.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.shared.live();
+        let current = self.settings.live();
         let current = &current.config;
         if current.listen.tls_enabled() != new.listen.tls_enabled() {
             return Err(ReloadError::TlsSwitch);
@@ -73,17 +73,12 @@ impl Reloader {
             }
             _ => None,
         };
-        let live = Live::new(
-            in_force(current, new.clone()),
-            &self.shared.upstream,
-            &self.shared.metrics,
-            &self.shared.decisions,
-        )?;
+        let live = self.settings.build(in_force(current, new.clone()))?;
         warn_about_fixed_sections(current, &new);
         if let (Some(slot), Some(acceptor)) = (&self.tls, acceptor) {
             slot.store(Arc::new(acceptor));
         }
-        self.shared.live.store(Arc::new(live));
+        self.settings.install(live);
         for warning in new.warnings() {
             tracing::warn!("{warning}");
         }
@@ -98,11 +93,11 @@ impl Reloader {
             .and_then(|config| self.apply(config));
         match &result {
             Ok(()) => {
-                self.shared.metrics.config_reload(true);
+                self.settings.metrics().config_reload(true);
                 tracing::info!(path = %path.display(), "config reloaded: TLS certificate and [sso] applied");
             }
             Err(error) => {
-                self.shared.metrics.config_reload(false);
+                self.settings.metrics().config_reload(false);
                 tracing::error!(path = %path.display(), %error, "config reload rejected; the running config stays");
             }
         }
@@ -112,7 +107,7 @@ impl Reloader {
     /// The files whose change triggers a reload: the config and the
     /// certificate files it names.
     fn watched_files(&self, config_path: &Path) -> Vec<PathBuf> {
-        let live = self.shared.live();
+        let live = self.settings.live();
         let mut files = vec![config_path.to_path_buf()];
         files.extend(live.config.listen.tls_cert.clone());
         files.extend(live.config.listen.tls_key.clone());
