@@ -15,7 +15,7 @@ use thiserror::Error;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, SsoConfig};
+use crate::config::{Config, ConfigError, ListenConfig, SsoConfig};
 use crate::sso::SsoSetupError;
 use crate::state::Settings;
 use crate::tls::{self, TlsError};
@@ -160,47 +160,25 @@ fn in_force(current: &Config, new: Config) -> Config {
 
 /// Sections that only a restart applies: a change is logged, not applied.
 fn warn_about_fixed_sections(current: &Config, new: &Config) {
-    let listen = |c: &Config| {
-        let mut listen = c.listen.clone();
-        listen.tls_cert = None;
-        listen.tls_key = None;
-        listen.allowed_origins = Vec::new();
-        format!("{listen:?}")
+    let listen = |c: &Config| ListenConfig {
+        tls_cert: None,
+        tls_key: None,
+        allowed_origins: Vec::new(),
+        ..c.listen.clone()
     };
+    let decision_memory = |c: &Config| (c.sso.decision_ttl, c.sso.decision_capacity);
     let changed = [
         ("listen", listen(current) != listen(new)),
-        (
-            "upstream",
-            format!("{:?}", current.upstream) != format!("{:?}", new.upstream),
-        ),
-        (
-            "websocket",
-            format!("{:?}", current.websocket) != format!("{:?}", new.websocket),
-        ),
-        (
-            "limits",
-            format!("{:?}", current.limits) != format!("{:?}", new.limits),
-        ),
-        (
-            "log",
-            format!("{:?}", current.log) != format!("{:?}", new.log),
-        ),
-        (
-            "metrics",
-            format!("{:?}", current.metrics) != format!("{:?}", new.metrics),
-        ),
-        (
-            "admin",
-            format!("{:?}", current.admin) != format!("{:?}", new.admin),
-        ),
-        (
-            "directline",
-            format!("{:?}", current.directline) != format!("{:?}", new.directline),
-        ),
+        ("upstream", current.upstream != new.upstream),
+        ("websocket", current.websocket != new.websocket),
+        ("limits", current.limits != new.limits),
+        ("log", current.log != new.log),
+        ("metrics", current.metrics != new.metrics),
+        ("admin", current.admin != new.admin),
+        ("directline", current.directline != new.directline),
         (
             "sso.decision_ttl_secs/decision_capacity",
-            (current.sso.decision_ttl, current.sso.decision_capacity)
-                != (new.sso.decision_ttl, new.sso.decision_capacity),
+            decision_memory(current) != decision_memory(new),
         ),
     ];
     for (section, _) in changed.iter().filter(|(_, changed)| *changed) {

@@ -27,7 +27,8 @@ const SETTINGS_PATH: &str = "/powervirtualagents/regionalchannelsettings";
 /// listed in `token_endpoint_hosts`), and no `upstream.url` to fall back on.
 fn copilot_agent(config: &mut Config, power_platform: &str, nowhere: &str) {
     let power_platform = power_platform.trim_end_matches('/');
-    config.directline.token_endpoint = Some(format!("{power_platform}{TOKEN_PATH}"));
+    let endpoint = format!("{power_platform}{TOKEN_PATH}");
+    config.directline.token_endpoint = Some(endpoint.parse().expect("a URL"));
     config.directline.token_endpoint_hosts = vec!["127.0.0.1".into()];
     config.upstream.url = nowhere.parse().expect("a URL");
 }
@@ -248,7 +249,7 @@ async fn a_token_endpoint_outside_power_platform_is_a_config_error() {
         "https://copilot.evil.example/powervirtualagents/botsbyschema/a/directline/token",
     ] {
         let mut config = proxy_config("https://directline.botframework.com");
-        config.directline.token_endpoint = Some(endpoint.into());
+        config.directline.token_endpoint = Some(endpoint.parse().expect("a URL"));
         let error = directline_proxy::start(config)
             .await
             .err()
@@ -345,7 +346,7 @@ fn cookie_sso(config: &mut Config, auth_url: String) {
     config.sso.provider = ProviderKind::Http;
     config.sso.http = Some(HttpProviderConfig {
         url: auth_url.parse().expect("a URL"),
-        forward_headers: vec!["cookie".into()],
+        forward_headers: vec![http::header::COOKIE],
     });
     config.listen.allowed_origins = vec![PAGE_ORIGIN.into()];
 }

@@ -180,7 +180,7 @@ async fn mint_as(stack: &Stack, user: Option<&str>, body: &Value) -> (StatusCode
 #[tokio::test]
 async fn tokens_are_bound_to_the_authenticated_user() {
     let stack = stack_holding_the_secret("TEST_DL_SECRET_BIND", |c| {
-        c.directline.user_id_header = Some("x-forwarded-user".into());
+        c.directline.user_id_header = Some(http::HeaderName::from_static("x-forwarded-user"));
     })
     .await;
     let chosen =
@@ -222,7 +222,7 @@ async fn tokens_are_bound_to_the_authenticated_user() {
 #[tokio::test]
 async fn minting_is_rate_limited_per_client() {
     let stack = stack_holding_the_secret("TEST_DL_SECRET_RATE", |c| {
-        c.directline.user_id_header = Some("x-forwarded-user".into());
+        c.directline.user_id_header = Some(http::HeaderName::from_static("x-forwarded-user"));
         c.directline.mint_rate_per_minute = 1;
         c.directline.mint_burst = 2;
     })
@@ -318,7 +318,7 @@ async fn the_binary_reads_the_secret_from_the_named_environment_variable() {
 #[tokio::test]
 async fn with_binding_a_start_without_credentials_uses_a_bound_token_not_the_secret() {
     let stack = stack_holding_the_secret("start-binding", |c| {
-        c.directline.user_id_header = Some("x-forwarded-user".into());
+        c.directline.user_id_header = Some(http::HeaderName::from_static("x-forwarded-user"));
     })
     .await;
     let start = stack

@@ -56,7 +56,7 @@ fn cookie_sso(config: &mut Config, auth_url: String) {
     config.sso.provider = ProviderKind::Http;
     config.sso.http = Some(HttpProviderConfig {
         url: auth_url.parse().expect("the auth API's URL"),
-        forward_headers: vec!["cookie".into()],
+        forward_headers: vec![http::header::COOKIE],
     });
     config.listen.allowed_origins = vec![PAGE_ORIGIN.into()];
     config.sso.seal_keys = vec![base64::engine::general_purpose::STANDARD.encode([9u8; 32])];
@@ -71,7 +71,7 @@ fn cookie_sso(config: &mut Config, auth_url: String) {
 }
 
 fn with_binding(config: &mut Config) {
-    config.directline.user_id_header = Some(USER_HEADER.into());
+    config.directline.user_id_header = Some(http::HeaderName::from_static(USER_HEADER));
 }
 
 async fn trust_stack(adjust: impl FnOnce(&mut Config)) -> Stack {
@@ -489,7 +489,7 @@ async fn a_forged_card_cannot_choose_the_audience_of_an_oauth2_exchange() {
             client_id: "proxy-client".into(),
             client_secret_env: None,
             client_secret_file: Some(secret),
-            header: "x-forwarded-access-token".into(),
+            header: http::HeaderName::from_static("x-forwarded-access-token"),
             allowed_resources: vec![EXCHANGE_URI.into()],
         });
         c.listen.allowed_origins = vec![PAGE_ORIGIN.into()];
