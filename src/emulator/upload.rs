@@ -36,7 +36,7 @@ pub async fn upload(
 ) -> Result<Value, ApiError> {
     let content_type = header_str(headers, header::CONTENT_TYPE);
     let (activity, files) = match multipart::boundary(content_type.unwrap_or_default()) {
-        Some(boundary) => split_multipart(&body, &boundary)?,
+        Some(boundary) => split_multipart(body, &boundary).await?,
         None => (None, vec![raw_file(headers, body)]),
     };
     if files.is_empty() {
@@ -67,8 +67,12 @@ fn raw_file(headers: &HeaderMap, body: Bytes) -> Part {
 }
 
 /// The activity part (checked like a posted activity) and the file parts.
-fn split_multipart(body: &Bytes, boundary: &str) -> Result<(Option<Value>, Vec<Part>), ApiError> {
+async fn split_multipart(
+    body: Bytes,
+    boundary: &str,
+) -> Result<(Option<Value>, Vec<Part>), ApiError> {
     let parts = multipart::parse(body, boundary)
+        .await
         .ok_or_else(|| ApiError::bad_argument("Malformed multipart body"))?;
     let mut activity = None;
     let mut files = Vec::new();
