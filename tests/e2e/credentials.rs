@@ -47,11 +47,9 @@ async fn minting_without_credentials_uses_the_server_secret() {
     let stack = stack_holding_the_secret("TEST_DL_SECRET_MINT", |_| {}).await;
     let reply = stack
         .http
-        .send(
+        .bare(
             Method::POST,
             &stack.proxy_url("/v3/directline/tokens/generate"),
-            &[],
-            Bytes::new(),
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -68,12 +66,7 @@ async fn minting_without_credentials_uses_the_server_secret() {
 
     // The minted token works for the rest of the conversation, through the proxy.
     let start = stack
-        .http
-        .post_json(
-            &stack.proxy_url("/v3/directline/conversations"),
-            &token,
-            &Value::Null,
-        )
+        .post_with_token("/v3/directline/conversations", &token)
         .await;
     assert_eq!(start.status, StatusCode::CREATED);
     assert_eq!(
@@ -92,11 +85,9 @@ async fn a_start_without_credentials_uses_a_minted_token_and_only_minting_carrie
     let stack = stack_holding_the_secret("TEST_DL_SECRET_START", |_| {}).await;
     let start = stack
         .http
-        .send(
+        .bare(
             Method::POST,
             &stack.proxy_url("/v3/directline/conversations"),
-            &[],
-            Bytes::new(),
         )
         .await;
     assert_eq!(start.status, StatusCode::CREATED, "{}", start.text());
@@ -107,7 +98,7 @@ async fn a_start_without_credentials_uses_a_minted_token_and_only_minting_carrie
     let poll_path = format!("/v3/directline/conversations/{id}/activities");
     let poll = stack
         .http
-        .send(Method::GET, &stack.proxy_url(&poll_path), &[], Bytes::new())
+        .bare(Method::GET, &stack.proxy_url(&poll_path))
         .await;
     assert_eq!(
         poll.status,
@@ -116,11 +107,9 @@ async fn a_start_without_credentials_uses_a_minted_token_and_only_minting_carrie
     );
     let refresh = stack
         .http
-        .send(
+        .bare(
             Method::POST,
             &stack.proxy_url("/v3/directline/tokens/refresh"),
-            &[],
-            Bytes::new(),
         )
         .await;
     assert_eq!(refresh.status, StatusCode::UNAUTHORIZED);
@@ -297,11 +286,9 @@ async fn the_binary_reads_the_secret_from_the_named_environment_variable() {
         ProxyProcess::spawn_with_env(&path, &[("DL_SECRET_FOR_THE_CHILD", secret.as_str())]);
     let base = process.listening().await;
     let reply = Http::plain()
-        .send(
+        .bare(
             Method::POST,
             &format!("{base}/v3/directline/tokens/generate"),
-            &[],
-            Bytes::new(),
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
