@@ -47,7 +47,7 @@ use crate::directline::state::{RelayState, StreamLifecycle};
 use crate::metrics::Metrics;
 use crate::reload::{ReloadError, Reloader};
 use crate::sso::decisions::Decisions;
-use crate::state::{Live, Shared};
+use crate::state::{Settings, Shared};
 use crate::upstream::{Upstream, UpstreamSetupError};
 
 #[derive(Debug, Error)]
@@ -183,31 +183,28 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         streams: TaskTracker::new(),
         shutdown: CancellationToken::new(),
     };
+    let tls_on = tls.is_some();
     let relays = RelayState::new(
         &config,
         upstream.clone(),
         metrics.clone(),
         credentials,
-        tls.is_some(),
+        tls_on,
         lifecycle.clone(),
     );
     let sso_provider = config.sso.provider.name();
-    let live = Live::new(config, &upstream, &metrics, &decisions)?;
+    let settings = Settings::new(config, upstream.clone(), metrics.clone(), decisions)?;
+    let settings = Arc::new(settings);
     let shared = Arc::new(Shared {
-        tls: tls.is_some(),
-        upstream,
-        live: ArcSwap::from_pointee(live),
-        decisions,
+        settings: settings.clone(),
         metrics,
         relays,
-        streams: lifecycle.streams,
-        shutdown: lifecycle.shutdown,
-        connection_slots: lifecycle.connection_slots,
+        lifecycle,
         ready: AtomicBool::new(true),
     });
     let stop = CancellationToken::new();
     let tls = tls.map(|acceptor| Arc::new(ArcSwap::from_pointee(acceptor)));
-    let reloader = Arc::new(Reloader::new(shared.clone(), tls.clone()));
+    let reloader = Arc::new(Reloader::new(settings, tls.clone()));
     let served = server::spawn(server::Listener { tcp, tls }, shared.clone(), stop.clone());
     let admin_stop = CancellationToken::new();
     if let Some(admin) = admin {
@@ -223,15 +220,15 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     tracing::info!(
         %local_addr,
         admin_addr = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
-        tls = shared.tls,
-        upstream = %shared.upstream.base(),
+        tls = tls_on,
+        upstream = %upstream.base(),
         sso = sso_provider,
         "proxy listening"
     );
     Ok(RunningProxy {
         local_addr,
         admin_addr,
-        tls: shared.tls,
+        tls: tls_on,
         stop,
         task,
         reloader,

@@ -15,9 +15,9 @@ use thiserror::Error;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, SsoConfig};
+use crate::config::{Config, ConfigError, ListenConfig, SsoConfig};
 use crate::sso::SsoSetupError;
-use crate::state::{Live, Shared};
+use crate::state::Settings;
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, Error)]
@@ -38,7 +38,7 @@ pub enum ReloadError {
 pub type SharedAcceptor = Arc<ArcSwap<TlsAcceptor>>;
 
 pub struct Reloader {
-    shared: Arc<Shared>,
+    settings: Arc<Settings>,
     tls: Option<SharedAcceptor>,
     /// Held while a config is applied, so two reloads never both build on
     /// the same settings in force.
@@ -49,9 +49,9 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(shared: Arc<Shared>, tls: Option<SharedAcceptor>) -> Reloader {
+    pub fn new(settings: Arc<Settings>, tls: Option<SharedAcceptor>) -> Reloader {
         Reloader {
-            shared,
+            settings,
             tls,
             applying: Mutex::new(()),
             file_reload: Mutex::new(()),
@@ -62,7 +62,7 @@ impl Reloader {
     pub fn apply(&self, new: Config) -> Result<(), ReloadError> {
         new.validate()?;
         let _one_at_a_time = self.applying.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.shared.live();
+        let current = self.settings.live();
         let current = &current.config;
         if current.listen.tls_enabled() != new.listen.tls_enabled() {
             return Err(ReloadError::TlsSwitch);
@@ -73,17 +73,12 @@ impl Reloader {
             }
             _ => None,
         };
-        let live = Live::new(
-            in_force(current, new.clone()),
-            &self.shared.upstream,
-            &self.shared.metrics,
-            &self.shared.decisions,
-        )?;
+        let live = self.settings.build(in_force(current, new.clone()))?;
         warn_about_fixed_sections(current, &new);
         if let (Some(slot), Some(acceptor)) = (&self.tls, acceptor) {
             slot.store(Arc::new(acceptor));
         }
-        self.shared.live.store(Arc::new(live));
+        self.settings.install(live);
         for warning in new.warnings() {
             tracing::warn!("{warning}");
         }
@@ -98,11 +93,11 @@ impl Reloader {
             .and_then(|config| self.apply(config));
         match &result {
             Ok(()) => {
-                self.shared.metrics.config_reload(true);
+                self.settings.metrics().config_reload(true);
                 tracing::info!(path = %path.display(), "config reloaded: TLS certificate and [sso] applied");
             }
             Err(error) => {
-                self.shared.metrics.config_reload(false);
+                self.settings.metrics().config_reload(false);
                 tracing::error!(path = %path.display(), %error, "config reload rejected; the running config stays");
             }
         }
@@ -112,7 +107,7 @@ impl Reloader {
     /// The files whose change triggers a reload: the config and the
     /// certificate files it names.
     fn watched_files(&self, config_path: &Path) -> Vec<PathBuf> {
-        let live = self.shared.live();
+        let live = self.settings.live();
         let mut files = vec![config_path.to_path_buf()];
         files.extend(live.config.listen.tls_cert.clone());
         files.extend(live.config.listen.tls_key.clone());
@@ -165,47 +160,25 @@ fn in_force(current: &Config, new: Config) -> Config {
 
 /// Sections that only a restart applies: a change is logged, not applied.
 fn warn_about_fixed_sections(current: &Config, new: &Config) {
-    let listen = |c: &Config| {
-        let mut listen = c.listen.clone();
-        listen.tls_cert = None;
-        listen.tls_key = None;
-        listen.allowed_origins = Vec::new();
-        format!("{listen:?}")
+    let listen = |c: &Config| ListenConfig {
+        tls_cert: None,
+        tls_key: None,
+        allowed_origins: Vec::new(),
+        ..c.listen.clone()
     };
+    let decision_memory = |c: &Config| (c.sso.decision_ttl, c.sso.decision_capacity);
     let changed = [
         ("listen", listen(current) != listen(new)),
-        (
-            "upstream",
-            format!("{:?}", current.upstream) != format!("{:?}", new.upstream),
-        ),
-        (
-            "websocket",
-            format!("{:?}", current.websocket) != format!("{:?}", new.websocket),
-        ),
-        (
-            "limits",
-            format!("{:?}", current.limits) != format!("{:?}", new.limits),
-        ),
-        (
-            "log",
-            format!("{:?}", current.log) != format!("{:?}", new.log),
-        ),
-        (
-            "metrics",
-            format!("{:?}", current.metrics) != format!("{:?}", new.metrics),
-        ),
-        (
-            "admin",
-            format!("{:?}", current.admin) != format!("{:?}", new.admin),
-        ),
-        (
-            "directline",
-            format!("{:?}", current.directline) != format!("{:?}", new.directline),
-        ),
+        ("upstream", current.upstream != new.upstream),
+        ("websocket", current.websocket != new.websocket),
+        ("limits", current.limits != new.limits),
+        ("log", current.log != new.log),
+        ("metrics", current.metrics != new.metrics),
+        ("admin", current.admin != new.admin),
+        ("directline", current.directline != new.directline),
         (
             "sso.decision_ttl_secs/decision_capacity",
-            (current.sso.decision_ttl, current.sso.decision_capacity)
-                != (new.sso.decision_ttl, new.sso.decision_capacity),
+            decision_memory(current) != decision_memory(new),
         ),
     ];
     for (section, _) in changed.iter().filter(|(_, changed)| *changed) {

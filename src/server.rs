@@ -152,7 +152,12 @@ async fn accept_loop(
                 }
             },
         };
-        let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
+        let Ok(slot) = shared
+            .lifecycle
+            .connection_slots
+            .clone()
+            .try_acquire_owned()
+        else {
             refuse_over_limit(tcp, listener.tls.is_some(), shared);
             continue;
         };
@@ -415,8 +420,8 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 /// in-flight requests get until the drain timeout.
 async fn drain(shared: &Shared, connections: Connections) {
     shared.ready.store(false, Ordering::Relaxed);
-    shared.shutdown.cancel();
-    shared.streams.close();
+    shared.lifecycle.shutdown.cancel();
+    shared.lifecycle.streams.close();
     connections.closing.cancel();
     connections.tasks.close();
     let drain_timeout = shared.live().config.listen.drain_timeout;
@@ -432,7 +437,7 @@ async fn drain(shared: &Shared, connections: Connections) {
         }
     };
     let streams = async {
-        if tokio::time::timeout(drain_timeout, shared.streams.wait())
+        if tokio::time::timeout(drain_timeout, shared.lifecycle.streams.wait())
             .await
             .is_err()
         {

@@ -5,13 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::directline::filter::ActivityFilter;
-use crate::directline::state::RelayState;
+use crate::directline::state::{RelayState, StreamLifecycle};
 use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
 use crate::sso::decisions::Decisions;
@@ -55,22 +52,64 @@ impl Live {
     }
 }
 
-pub struct Shared {
-    pub upstream: Arc<Upstream>,
-    /// Swapped whole by a reload.
-    pub live: ArcSwap<Live>,
+/// The settings in force and what building the next ones takes: all a
+/// reload touches, so the reloader holds this and not the server's state.
+pub struct Settings {
+    live: ArcSwap<Live>,
+    upstream: Arc<Upstream>,
+    metrics: Arc<Metrics>,
     /// Exchange-once memory, kept across SSO reloads.
-    pub decisions: Arc<Decisions>,
+    decisions: Arc<Decisions>,
+}
+
+impl Settings {
+    /// The settings `config` asks for, in force from now on.
+    pub fn new(
+        config: Config,
+        upstream: Arc<Upstream>,
+        metrics: Arc<Metrics>,
+        decisions: Arc<Decisions>,
+    ) -> Result<Settings, SsoSetupError> {
+        let live = Live::new(config, &upstream, &metrics, &decisions)?;
+        Ok(Settings {
+            live: ArcSwap::from_pointee(live),
+            upstream,
+            metrics,
+            decisions,
+        })
+    }
+
+    /// The settings in force now; hold it for a whole request.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// The settings `config` asks for, over the same upstream, metrics and
+    /// decisions; not in force until [`Settings::install`].
+    pub fn build(&self, config: Config) -> Result<Live, SsoSetupError> {
+        Live::new(config, &self.upstream, &self.metrics, &self.decisions)
+    }
+
+    /// Puts `live` in force for every request that starts from now on.
+    pub fn install(&self, live: Live) {
+        self.live.store(Arc::new(live));
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+/// What the server and the router read: the settings in force, the relays'
+/// state and the process's lifecycle.
+pub struct Shared {
+    /// Swapped whole by a reload.
+    pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     /// What the Direct Line relays read.
     pub relays: RelayState,
-    pub tls: bool,
-    /// Open WebSocket relays, so shutdown can wait for their close.
-    pub streams: TaskTracker,
-    /// Cancelled at shutdown: relays close both sides with 1001.
-    pub shutdown: CancellationToken,
-    /// Client connections and open relays share this bound.
-    pub connection_slots: Arc<Semaphore>,
+    /// The connection bound, open relays and shutdown, shared with the relays.
+    pub lifecycle: StreamLifecycle,
     /// False once draining has begun, so `/readyz` takes the replica out.
     pub ready: AtomicBool,
 }
@@ -78,6 +117,6 @@ pub struct Shared {
 impl Shared {
     /// The settings in force now; hold it for a whole request.
     pub fn live(&self) -> Arc<Live> {
-        self.live.load_full()
+        self.settings.live()
     }
 }

@@ -82,10 +82,12 @@ async fn logs_of_a_full_conversation_contain_no_token_or_secret() {
         });
         let upstream = c.upstream.url.to_string();
         let sas = format!("{}/sas/", upstream.trim_end_matches('/'));
-        c.sso.token_post_allow_hosts.push(sas);
+        c.sso
+            .token_post_allow_hosts
+            .push(sas.parse().expect("an entry"));
         // The proxy also holds the secret and binds tokens to the user.
         c.directline.secret_file = Some(common::scratch_file("logs-secret", "emulator-secret\n"));
-        c.directline.user_id_header = Some("x-forwarded-user".into());
+        c.directline.user_id_header = Some(http::HeaderName::from_static("x-forwarded-user"));
     })
     .await;
     let secret = stack.secret();

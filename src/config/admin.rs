@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::value;
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Unset: the endpoints stay on the main listener.

@@ -3,12 +3,13 @@
 
 use std::path::PathBuf;
 
+use http::{HeaderName, Uri};
 use serde::{Deserialize, Serialize};
 use smart_default::SmartDefault;
 
-use super::{ConfigError, header_names, value};
+use super::{ConfigError, value};
 
-#[derive(Debug, Clone, SmartDefault, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, SmartDefault, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DirectLineConfig {
     /// Environment variable holding the Direct Line secret.
@@ -17,7 +18,12 @@ pub struct DirectLineConfig {
     pub secret_file: Option<PathBuf>,
     /// Header (set by the ingress's auth proxy) whose value binds the minted
     /// token to that user.
-    pub user_id_header: Option<String>,
+    #[serde(
+        deserialize_with = "value::some_header_name",
+        serialize_with = "value::some_display",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub user_id_header: Option<HeaderName>,
     /// Token mints allowed per client per minute, and the burst above that.
     #[default(30)]
     #[serde(deserialize_with = "value::within::<1, 1_000_000, _, _>")]
@@ -31,7 +37,12 @@ pub struct DirectLineConfig {
     pub allow_client_user_id: bool,
     /// A Copilot Studio agent's token endpoint: the token source instead of
     /// a secret.
-    pub token_endpoint: Option<String>,
+    #[serde(
+        deserialize_with = "value::some_agent_endpoint",
+        serialize_with = "value::some_display",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub token_endpoint: Option<Uri>,
     /// Hosts besides Power Platform's that `token_endpoint` may name (a
     /// private gateway, the local emulator).
     pub token_endpoint_hosts: Vec<String>,
@@ -70,37 +81,34 @@ impl DirectLineConfig {
                 "expected the name of an environment variable",
             ));
         }
-        if let Some(header) = &self.user_id_header {
-            header_names("directline.user_id_header", std::slice::from_ref(header))?;
-            if !self.holds_secret() {
-                return Err(ConfigError::invalid(
-                    "directline.user_id_header",
-                    header,
-                    "needs directline.secret_env or directline.secret_file: bound user ids are keyed by the secret and tokens are minted with it (a token_endpoint's tokens cannot carry a user id)",
-                ));
-            }
+        if let Some(header) = &self.user_id_header
+            && !self.holds_secret()
+        {
+            return Err(ConfigError::invalid(
+                "directline.user_id_header",
+                header,
+                "needs directline.secret_env or directline.secret_file: bound user ids are keyed by the secret and tokens are minted with it (a token_endpoint's tokens cannot carry a user id)",
+            ));
         }
         Ok(())
     }
 
-    /// `token_endpoint`: instead of a secret, an absolute URL on a Power
-    /// Platform host or one of `token_endpoint_hosts`; plain `http` only
-    /// for a listed host (the emulator).
+    /// `token_endpoint`: instead of a secret, a URL (parsed at load) on a
+    /// Power Platform host or one of `token_endpoint_hosts`; plain `http`
+    /// only for a listed host (the emulator).
     fn validate_token_endpoint(&self) -> Result<(), ConfigError> {
         const KEY: &str = "directline.token_endpoint";
-        let Some(endpoint) = &self.token_endpoint else {
+        let Some(uri) = &self.token_endpoint else {
             return Ok(());
         };
+        let endpoint = uri.to_string();
         if self.holds_secret() {
             return Err(ConfigError::invalid(
                 KEY,
-                endpoint,
+                &endpoint,
                 "set either directline.token_endpoint or directline.secret_env / secret_file, not both",
             ));
         }
-        let uri: http::Uri = endpoint
-            .parse()
-            .map_err(|_| ConfigError::invalid(KEY, endpoint, "expected an absolute https URL"))?;
         let host = uri.host().unwrap_or_default().to_ascii_lowercase();
         let listed = self
             .token_endpoint_hosts
@@ -118,14 +126,14 @@ impl DirectLineConfig {
         if !scheme_ok || host.is_empty() || uri.path() == "/" {
             return Err(ConfigError::invalid(
                 KEY,
-                endpoint,
+                &endpoint,
                 "expected the agent's token endpoint, an absolute https URL (https://<env>.environment.api.powerplatform.com/powervirtualagents/botsbyschema/<schema>/directline/token?api-version=2022-03-01-preview); http only for a host in directline.token_endpoint_hosts",
             ));
         }
         if !power_platform && !listed {
             return Err(ConfigError::invalid(
                 KEY,
-                endpoint,
+                &endpoint,
                 format!(
                     "the host {host} is not a Power Platform host (*.{}) and not in directline.token_endpoint_hosts",
                     POWER_PLATFORM_HOST_SUFFIXES.join(", *.")

@@ -5,7 +5,7 @@ use smart_default::SmartDefault;
 
 use super::value;
 
-#[derive(Debug, Clone, SmartDefault, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, SmartDefault, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest request body forwarded upstream (uploads included).

@@ -10,7 +10,7 @@ use smart_default::SmartDefault;
 
 use super::{ConfigError, value};
 
-#[derive(Debug, Clone, SmartDefault, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, SmartDefault, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     /// Socket address to bind.

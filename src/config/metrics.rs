@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use smart_default::SmartDefault;
 
-#[derive(Debug, Clone, SmartDefault, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, SmartDefault, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Serve `GET /metrics` on the listener.

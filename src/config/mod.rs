@@ -41,7 +41,7 @@ pub use metrics::MetricsConfig;
 pub use reload::ReloadConfig;
 pub use sso::{
     Flow, Grant, HeaderProviderConfig, HttpProviderConfig, OAuth2ProviderConfig, ProviderKind,
-    SEAL_KEY_LEN, SsoConfig, StaticProviderConfig, decode_seal_key,
+    SEAL_KEY_LEN, SsoConfig, StaticProviderConfig, decode_seal_key, default_token_header,
 };
 pub use telemetry::TelemetryConfig;
 pub use upstream::UpstreamConfig;
@@ -188,20 +188,6 @@ impl Config {
     }
 }
 
-fn header_names(key: &str, names: &[String]) -> Result<(), ConfigError> {
-    match names
-        .iter()
-        .find(|name| http::HeaderName::from_bytes(name.as_bytes()).is_err())
-    {
-        Some(bad) => Err(ConfigError::invalid(
-            key,
-            bad,
-            "expected an HTTP header name",
-        )),
-        None => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -289,6 +275,77 @@ mod tests {
             parse("[listen]\npublic_url = \"wss://chat.example.com/bot\"\n").expect("valid");
         let public = config.listen.public_url.expect("set");
         assert_eq!((public.scheme_str(), public.path()), (Some("wss"), "/bot"));
+    }
+
+    #[test]
+    fn a_token_endpoint_that_is_no_url_is_refused_at_load() {
+        let message = refused_at_parse(
+            "[directline]\ntoken_endpoint = \"not a url\"\n",
+            "directline.token_endpoint",
+        );
+        assert!(message.contains("absolute URL"), "{message}");
+        refused_at_parse(
+            "[directline]\ntoken_endpoint = \"ftp://x.environment.api.powerplatform.com/t\"\n",
+            "directline.token_endpoint",
+        );
+    }
+
+    #[test]
+    fn header_names_are_parsed_at_load() {
+        let sso = "[listen]\nallowed_origins = [\"https://www.contoso.com\"]\n[sso]\n";
+        let oauth2 = "[sso.oauth2]\ntoken_url = \"https://l/t\"\ngrant = \"on_behalf_of\"\nclient_id = \"c\"\nclient_secret_env = \"S\"\nallowed_resources = [\"api://b\"]\n";
+        for (text, key) in [
+            (
+                "[directline]\nsecret_env = \"DL\"\nuser_id_header = \"x user\"\n".to_string(),
+                "directline.user_id_header",
+            ),
+            (
+                format!("{sso}provider = \"header\"\n[sso.header]\nname = \"a:b\"\n"),
+                "sso.header.name",
+            ),
+            (
+                format!(
+                    "{sso}provider = \"http\"\n[sso.http]\nurl = \"https://a\"\nforward_headers = [\"cookie\", \"bad header\"]\n"
+                ),
+                "sso.http.forward_headers",
+            ),
+            (
+                format!("{sso}provider = \"oauth2\"\n{oauth2}header = \"\"\n"),
+                "sso.oauth2.header",
+            ),
+        ] {
+            let message = refused_at_parse(&text, key);
+            assert!(message.contains("HTTP header name"), "{key}: {message}");
+        }
+        // Refused even when the provider that would read it is not chosen.
+        refused_at_parse("[sso.header]\nname = \"a b\"\n", "sso.header.name");
+        let config = parse(&format!(
+            "{sso}provider = \"header\"\n[sso.header]\nname = \"X-Auth-Token\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(config.sso.header.expect("section").name, "x-auth-token");
+    }
+
+    #[test]
+    fn token_post_entries_are_parsed_at_load() {
+        let text = "[sso]\ntoken_post_allow_hosts = [\"token.botframework.com\", \"ftp://x/\"]\n";
+        match parse(text) {
+            Err(ConfigError::Schema { key, message }) => {
+                assert!(key.starts_with("sso.token_post_allow_hosts"), "{key}");
+                assert!(message.contains("\"ftp://x/\""), "{message}");
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+        let defaults = parse("").expect("defaults").sso.token_post_allow_hosts;
+        let written: Vec<String> = defaults.into_iter().map(String::from).collect();
+        assert_eq!(
+            written,
+            [
+                "token.botframework.com",
+                "*.token.botframework.com",
+                "token.botframework.azure.us"
+            ]
+        );
     }
 
     #[test]
@@ -756,10 +813,8 @@ mod tests {
             "[directline]\ntoken_endpoint = \"{TOKEN_ENDPOINT}\"\n"
         ))
         .expect("a Power Platform endpoint");
-        assert_eq!(
-            config.directline.token_endpoint.as_deref(),
-            Some(TOKEN_ENDPOINT)
-        );
+        let endpoint = config.directline.token_endpoint.map(|uri| uri.to_string());
+        assert_eq!(endpoint.as_deref(), Some(TOKEN_ENDPOINT));
         let gov = "https://x.environment.api.gov.powerplatform.microsoft.us/powervirtualagents/botsbyschema/a/directline/token";
         parse(&format!("[directline]\ntoken_endpoint = \"{gov}\"\n")).expect("US government cloud");
         for refused in [

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
-use http::Uri;
+use http::{HeaderName, Uri};
 use serde::{Deserialize, Serialize};
 use smart_default::SmartDefault;
 
-use super::{ConfigError, header_names, token_post, value};
+use super::token_post::TokenPostTarget;
+use super::{ConfigError, value};
 
 /// Bytes of an `sso.seal_keys` key (AES-256).
 pub const SEAL_KEY_LEN: usize = 32;
@@ -97,12 +98,8 @@ pub struct SsoConfig {
     #[default(vec![Flow::Invoke, Flow::TokenPost])]
     pub flows: Vec<Flow>,
     /// Hosts a `sasUrl` may point at: exact names, or `*.` for subdomains.
-    #[default(vec![
-        "token.botframework.com".into(),
-        "*.token.botframework.com".into(),
-        "token.botframework.azure.us".into(),
-    ])]
-    pub token_post_allow_hosts: Vec<String>,
+    #[default(TokenPostTarget::defaults())]
+    pub token_post_allow_hosts: Vec<TokenPostTarget>,
     /// Base64 AES-256 keys sealing the conversation token into `streamUrl`;
     /// the first seals, all open (rotation). Empty: a per-process key.
     pub seal_keys: Vec<String>,
@@ -139,8 +136,12 @@ pub struct HttpProviderConfig {
     )]
     pub url: Uri,
     /// Headers copied from the end user's request to the auth API.
-    #[serde(default = "default_forward_headers")]
-    pub forward_headers: Vec<String>,
+    #[serde(
+        default = "default_forward_headers",
+        deserialize_with = "value::header_names",
+        serialize_with = "value::displays"
+    )]
+    pub forward_headers: Vec<HeaderName>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -152,8 +153,12 @@ pub struct StaticProviderConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderProviderConfig {
-    #[serde(default = "default_token_header")]
-    pub name: String,
+    #[serde(
+        default = "default_token_header",
+        deserialize_with = "value::header_name",
+        serialize_with = "value::display"
+    )]
+    pub name: HeaderName,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -172,8 +177,12 @@ pub struct OAuth2ProviderConfig {
     /// File holding the client secret (e.g. a mounted Kubernetes Secret).
     pub client_secret_file: Option<PathBuf>,
     /// Header of the end user's request carrying their incoming token.
-    #[serde(default = "default_token_header")]
-    pub header: String,
+    #[serde(
+        default = "default_token_header",
+        deserialize_with = "value::header_name",
+        serialize_with = "value::display"
+    )]
+    pub header: HeaderName,
     /// The `tokenExchangeResource.uri` values the proxy exchanges for
     /// (exact); a card naming another resource is shown unchanged.
     #[serde(default)]
@@ -182,12 +191,13 @@ pub struct OAuth2ProviderConfig {
 
 /// Only the session cookie: `Authorization` on Direct Line calls is the
 /// Direct Line token, which the auth API has no use for.
-fn default_forward_headers() -> Vec<String> {
-    vec!["cookie".into()]
+fn default_forward_headers() -> Vec<HeaderName> {
+    vec![http::header::COOKIE]
 }
 
-fn default_token_header() -> String {
-    "x-forwarded-access-token".into()
+/// `sso.header.name` and `sso.oauth2.header` when not set.
+pub fn default_token_header() -> HeaderName {
+    HeaderName::from_static("x-forwarded-access-token")
 }
 
 impl SsoConfig {
@@ -198,11 +208,6 @@ impl SsoConfig {
                 "[]",
                 "expected at least one of \"invoke\", \"token_post\"",
             ));
-        }
-        for entry in &self.token_post_allow_hosts {
-            token_post::validate_entry(entry).map_err(|allowed| {
-                ConfigError::invalid("sso.token_post_allow_hosts", entry, allowed)
-            })?;
         }
         for key in &self.seal_keys {
             decode_seal_key(key)
@@ -217,22 +222,12 @@ impl SsoConfig {
                 Some(s) if !s.token.is_empty() => Ok(()),
                 _ => Err(missing_section("sso.static.token", "a non-empty token")),
             },
-            ProviderKind::Http => {
-                let http = self
-                    .http
-                    .as_ref()
-                    .ok_or_else(|| missing_section("sso.http.url", "the auth API URL"))?;
-                header_names("sso.http.forward_headers", &http.forward_headers)
-            }
-            ProviderKind::Header => {
-                let name = self
-                    .header
-                    .as_ref()
-                    .map_or_else(default_token_header, |h| h.name.clone());
-                header_names("sso.header.name", &[name])
-            }
+            ProviderKind::Http => match &self.http {
+                Some(_) => Ok(()),
+                None => Err(missing_section("sso.http.url", "the auth API URL")),
+            },
             ProviderKind::Oauth2 => self.validate_oauth2(),
-            ProviderKind::None => Ok(()),
+            ProviderKind::Header | ProviderKind::None => Ok(()),
         }
     }
 
@@ -253,7 +248,6 @@ impl SsoConfig {
                 "client_secret_env or client_secret_file (the secret is never written in the config)",
             ));
         }
-        header_names("sso.oauth2.header", std::slice::from_ref(&oauth2.header))?;
         if oauth2.allowed_resources.is_empty() {
             return Err(ConfigError::invalid(
                 "sso.oauth2.allowed_resources",

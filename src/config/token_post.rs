@@ -5,7 +5,13 @@
 //! another; a path prefix, when given, must match whole segments. Plain
 //! `http://` is accepted only for a loopback host (local development), and
 //! only when the entry says so. The grammar lives with the config, which
-//! refuses a bad entry at load; `sso::allow_list` matches `sasUrl`s.
+//! parses each entry at load (a bad one is refused, the key named);
+//! `sso::allow_list` matches `sasUrl`s.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
 
 /// The error text when an entry is not of that form.
 pub const ENTRY_FORM: &str = "expected [https://]host[:port][/path], e.g. \"token.botframework.com\", \"*.example.com:8443\" or \"http://127.0.0.1:3978/sas/\" (http only for loopback hosts)";
@@ -17,8 +23,19 @@ enum Host {
     Subdomains(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where Bot Framework's token service posts from, in the public and US
+/// government clouds: the default `sso.token_post_allow_hosts`.
+const DEFAULT_ENTRIES: [&str; 3] = [
+    "token.botframework.com",
+    "*.token.botframework.com",
+    "token.botframework.azure.us",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct TokenPostTarget {
+    /// As written, so the effective config prints what was configured.
+    entry: String,
     plain_http: bool,
     host: Host,
     port: u16,
@@ -27,8 +44,15 @@ pub struct TokenPostTarget {
 }
 
 impl TokenPostTarget {
-    pub fn parse(entry: &str) -> Option<TokenPostTarget> {
-        let entry = entry.trim();
+    pub fn defaults() -> Vec<TokenPostTarget> {
+        DEFAULT_ENTRIES
+            .iter()
+            .filter_map(|e| e.parse().ok())
+            .collect()
+    }
+
+    fn parse(written: &str) -> Option<TokenPostTarget> {
+        let entry = written.trim();
         let (plain_http, rest) = match entry.split_once("://") {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (false, rest),
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (true, rest),
@@ -66,6 +90,7 @@ impl TokenPostTarget {
             return None;
         }
         Some(TokenPostTarget {
+            entry: written.to_string(),
             plain_http,
             host: if wildcard {
                 Host::Subdomains(format!(".{name}"))
@@ -94,9 +119,34 @@ impl TokenPostTarget {
     }
 }
 
-/// Checks one configured entry; the error says what is allowed.
-pub fn validate_entry(entry: &str) -> Result<(), &'static str> {
-    TokenPostTarget::parse(entry).map(|_| ()).ok_or(ENTRY_FORM)
+impl FromStr for TokenPostTarget {
+    type Err = String;
+
+    /// The error names the entry and says what is allowed.
+    fn from_str(entry: &str) -> Result<TokenPostTarget, String> {
+        TokenPostTarget::parse(entry)
+            .ok_or_else(|| format!("invalid value {entry:?}, {ENTRY_FORM}"))
+    }
+}
+
+impl TryFrom<String> for TokenPostTarget {
+    type Error = String;
+
+    fn try_from(entry: String) -> Result<TokenPostTarget, String> {
+        entry.parse()
+    }
+}
+
+impl From<TokenPostTarget> for String {
+    fn from(target: TokenPostTarget) -> String {
+        target.entry
+    }
+}
+
+impl fmt::Display for TokenPostTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.entry)
+    }
 }
 
 fn is_loopback(host: &str) -> bool {

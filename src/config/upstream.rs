@@ -9,7 +9,7 @@ use smart_default::SmartDefault;
 
 use super::value;
 
-#[derive(Debug, Clone, SmartDefault, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, SmartDefault, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// Direct Line base URL (scheme and host, optionally a path prefix).

@@ -9,7 +9,7 @@ use std::fmt::Display;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::Uri;
+use http::{HeaderName, Uri};
 use serde::de::{Error, Unexpected};
 use serde::{Deserialize, Deserializer, Serializer};
 
@@ -145,6 +145,18 @@ pub fn endpoint_url<'de, D: Deserializer<'de>>(d: D) -> Result<Uri, D::Error> {
     )
 }
 
+/// A Copilot Studio agent's token endpoint: whether its host may serve one
+/// depends on `directline.token_endpoint_hosts`, which the section checks.
+pub fn some_agent_endpoint<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Uri>, D::Error> {
+    url(
+        d,
+        &["http", "https"],
+        true,
+        "https://<env>.environment.api.powerplatform.com/powervirtualagents/botsbyschema/<schema>/directline/token?api-version=2022-03-01-preview",
+    )
+    .map(Some)
+}
+
 /// A refused URL is shown [redacted](redacted_url): it may carry a key.
 fn url<'de, D: Deserializer<'de>>(
     d: D,
@@ -192,6 +204,33 @@ pub fn redacted_url(text: &str) -> String {
         None => tail.to_string(),
     };
     format!("{scheme}{host}{tail}")
+}
+
+const HEADER_NAME: &str = "an HTTP header name such as \"x-forwarded-user\"";
+
+pub fn header_name<'de, D: Deserializer<'de>>(d: D) -> Result<HeaderName, D::Error> {
+    let text = String::deserialize(d)?;
+    HeaderName::from_bytes(text.as_bytes())
+        .map_err(|_| D::Error::invalid_value(Unexpected::Str(&text), &HEADER_NAME))
+}
+
+/// For an optional key: present means set.
+pub fn some_header_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HeaderName>, D::Error> {
+    header_name(d).map(Some)
+}
+
+pub fn header_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HeaderName>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|text| {
+            HeaderName::from_bytes(text.as_bytes())
+                .map_err(|_| D::Error::invalid_value(Unexpected::Str(text), &HEADER_NAME))
+        })
+        .collect()
+}
+
+pub fn displays<T: Display, S: Serializer>(values: &[T], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(values.iter().map(ToString::to_string))
 }
 
 pub fn display<T: Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {

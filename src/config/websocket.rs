@@ -12,7 +12,7 @@ use super::{ConfigError, value};
 const MIN_MESSAGE_BYTES: u64 = 1024 * 1024;
 const MAX_MESSAGE_BYTES: u64 = 256 * 1024 * 1024;
 
-#[derive(Debug, Clone, SmartDefault, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, SmartDefault, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketConfig {
     #[default(2 * 1024 * 1024)]

@@ -76,7 +76,9 @@ pub fn config(
             token: DEMO_USER_TOKEN.into(),
         });
         // The emulator's bot serves its token-post endpoint over plain http.
-        let sas = format!("{}/sas/", emulator.base_url());
+        let sas = format!("{}/sas/", emulator.base_url())
+            .parse()
+            .expect("the emulator listens on loopback, where plain http is allowed");
         config.sso.token_post_allow_hosts.push(sas);
     }
     config

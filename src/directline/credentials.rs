@@ -145,16 +145,12 @@ impl ServerCredentials {
         let mut authorization = HeaderValue::from_str(&format!("Bearer {secret}"))
             .map_err(|_| CredentialsError::Malformed)?;
         authorization.set_sensitive(true);
-        let binding = config
-            .user_id_header
-            .as_deref()
-            .and_then(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-            .map(|header| UserBinding {
-                header,
-                // Keyed by the secret: the same on every replica, and unknown
-                // to clients, so user ids cannot be precomputed or reversed.
-                key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
-            });
+        let binding = config.user_id_header.clone().map(|header| UserBinding {
+            header,
+            // Keyed by the secret: the same on every replica, and unknown
+            // to clients, so user ids cannot be precomputed or reversed.
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
+        });
         Ok(Some(ServerCredentials {
             source: TokenSource::Secret(authorization),
             binding,

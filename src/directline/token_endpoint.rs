@@ -120,10 +120,9 @@ impl TokenEndpoint {
         config: &DirectLineConfig,
         upstream: &Upstream,
     ) -> Result<Option<TokenEndpoint>, TokenEndpointError> {
-        let Some(endpoint) = &config.token_endpoint else {
+        let Some(token_url) = config.token_endpoint.clone() else {
             return Ok(None);
         };
-        let token_url: Uri = endpoint.parse().map_err(|_| TokenEndpointError::BadUrl)?;
         Ok(Some(TokenEndpoint {
             settings_url: settings_url(&token_url)?,
             token_url,
@@ -318,7 +317,7 @@ mod tests {
 
     fn endpoint(url: String, upstream: &Upstream, ttl: Duration) -> TokenEndpoint {
         let config = DirectLineConfig {
-            token_endpoint: Some(url),
+            token_endpoint: Some(url.parse().expect("a URL")),
             token_endpoint_hosts: vec!["127.0.0.1".into(), "regional.test".into()],
             ..DirectLineConfig::default()
         };

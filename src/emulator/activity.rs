@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::bot;
 use super::conversation::Conversation;
 use super::error::ApiError;
-use super::state::Shared;
+use super::state::EmulatorState;
 
 /// Direct Line's limit on one serialised activity, in characters (256K).
 pub const MAX_ACTIVITY_CHARS: usize = 256 * 1024;
@@ -50,7 +50,7 @@ pub fn check(activity: &Value) -> Result<(), ApiError> {
 /// Logs and echoes the user's activity, runs the bot, and turns its answer
 /// into the HTTP answer body (`{"id"}` unless the bot returned a body).
 pub async fn post(
-    shared: &Arc<Shared>,
+    state: &Arc<EmulatorState>,
     conversation: &Arc<Conversation>,
     mut activity: Value,
     bound_user: Option<&str>,
@@ -60,7 +60,7 @@ pub async fn post(
     if logged["type"] == "invoke" {
         conversation.record_invoke(logged.clone());
     }
-    match bot::on_activity(shared, conversation, &logged).await {
+    match bot::on_activity(state, conversation, &logged).await {
         Ok(Some(body)) => Ok(body),
         Ok(None) => Ok(json!({ "id": logged["id"] })),
         Err(failure) => Err(ApiError::bot_error(failure.status, failure.message)),

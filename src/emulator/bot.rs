@@ -11,7 +11,7 @@ use super::activity::bot_account;
 use super::auth::random_id;
 use super::cards::{self, OAuthOffer};
 use super::conversation::{Conversation, Prompt};
-use super::state::{Shared, lock};
+use super::state::{EmulatorState, lock};
 
 pub const BOT_ID: &str = "emulator-bot";
 pub const BOT_NAME: &str = "Emulator Bot";
@@ -45,18 +45,18 @@ fn failure(status: u16, message: &str) -> BotFailure {
 
 /// Runs one turn for an activity that was just logged.
 pub async fn on_activity(
-    shared: &Arc<Shared>,
+    state: &Arc<EmulatorState>,
     conversation: &Arc<Conversation>,
     activity: &Value,
 ) -> BotResult {
     match activity["type"].as_str() {
         Some("message") => {
-            if !shared.config.bot_delay.is_zero() {
-                tokio::time::sleep(shared.config.bot_delay).await;
+            if !state.config.bot_delay.is_zero() {
+                tokio::time::sleep(state.config.bot_delay).await;
             }
-            on_message(shared, conversation, activity)
+            on_message(state, conversation, activity)
         }
-        Some("invoke") => on_invoke(shared, conversation, activity),
+        Some("invoke") => on_invoke(state, conversation, activity),
         _ => Ok(None),
     }
 }
@@ -75,7 +75,7 @@ pub fn welcome(conversation: &Conversation) {
     conversation.append(message);
 }
 
-fn on_message(shared: &Shared, conversation: &Conversation, activity: &Value) -> BotResult {
+fn on_message(state: &EmulatorState, conversation: &Conversation, activity: &Value) -> BotResult {
     let text = activity["text"].as_str().unwrap_or_default();
     let command = text.trim().to_lowercase();
     let say = |fields: Value| {
@@ -89,7 +89,7 @@ fn on_message(shared: &Shared, conversation: &Conversation, activity: &Value) ->
         "large" => say(json!({ "text": large_text(activity) })),
         "fail" => return Err(failure(500, "the scripted bot failed on purpose")),
         "signin" | "signin exchange" | "signin post" | "signin plain" | "signin hero"
-        | "signin two" => sign_in(shared, conversation, activity, &command),
+        | "signin two" => sign_in(state, conversation, activity, &command),
         "signin text" => say(json!({
             "text": format!("An OAuth card has the content type {}; this is only text.", cards::OAUTH_CARD)
         })),
@@ -183,7 +183,7 @@ fn large_text(activity: &Value) -> String {
 
 /// Sends the OAuth card variant named by `command`, registering its prompts
 /// before the card goes out so an immediate exchange finds them.
-fn sign_in(shared: &Shared, conversation: &Conversation, activity: &Value, command: &str) {
+fn sign_in(state: &EmulatorState, conversation: &Conversation, activity: &Value, command: &str) {
     let full = OAuthOffer {
         exchange: true,
         post: true,
@@ -191,7 +191,7 @@ fn sign_in(shared: &Shared, conversation: &Conversation, activity: &Value, comma
     };
     let attachments = match command {
         "signin exchange" => vec![prompt(
-            shared,
+            state,
             conversation,
             activity,
             OAuthOffer {
@@ -200,7 +200,7 @@ fn sign_in(shared: &Shared, conversation: &Conversation, activity: &Value, comma
             },
         )],
         "signin post" => vec![prompt(
-            shared,
+            state,
             conversation,
             activity,
             OAuthOffer {
@@ -209,7 +209,7 @@ fn sign_in(shared: &Shared, conversation: &Conversation, activity: &Value, comma
             },
         )],
         "signin plain" => vec![prompt(
-            shared,
+            state,
             conversation,
             activity,
             OAuthOffer {
@@ -219,21 +219,21 @@ fn sign_in(shared: &Shared, conversation: &Conversation, activity: &Value, comma
             },
         )],
         "signin hero" => vec![
-            prompt(shared, conversation, activity, full),
+            prompt(state, conversation, activity, full),
             cards::hero_card(),
         ],
         "signin two" => vec![
-            prompt(shared, conversation, activity, full),
-            prompt(shared, conversation, activity, full),
+            prompt(state, conversation, activity, full),
+            prompt(state, conversation, activity, full),
         ],
-        _ => vec![prompt(shared, conversation, activity, full)],
+        _ => vec![prompt(state, conversation, activity, full)],
     };
     conversation.append(reply(activity, json!({ "attachments": attachments })));
 }
 
 /// Registers one pending prompt and returns its OAuth card.
 fn prompt(
-    shared: &Shared,
+    state: &EmulatorState,
     conversation: &Conversation,
     activity: &Value,
     offer: OAuthOffer,
@@ -241,11 +241,11 @@ fn prompt(
     let id = random_id(24);
     let sas_id = offer.post.then(|| random_id(32));
     if let Some(sas_id) = &sas_id {
-        lock(&shared.sas).insert(sas_id.clone(), conversation.id.clone());
+        lock(&state.sas).insert(sas_id.clone(), conversation.id.clone());
     }
     let sas_url = format!(
         "{}/sas/{}",
-        shared.base_url(),
+        state.base_url(),
         sas_id.as_deref().unwrap_or("")
     );
     conversation.add_prompt(Prompt {
@@ -263,7 +263,7 @@ fn prompt(
 /// connection, 412 when the token cannot be exchanged or the invoke comes
 /// from another account than the card was sent to, else 200 after the
 /// "signed in" message.
-fn on_invoke(shared: &Shared, conversation: &Conversation, activity: &Value) -> BotResult {
+fn on_invoke(state: &EmulatorState, conversation: &Conversation, activity: &Value) -> BotResult {
     if activity["name"] != "signin/tokenExchange" || !conversation.has_prompts() {
         return Err(failure(501, "no dialog is waiting for this invoke"));
     }
@@ -283,7 +283,7 @@ fn on_invoke(shared: &Shared, conversation: &Conversation, activity: &Value) -> 
     {
         return Err(failure(400, "the connection name does not match"));
     }
-    let accepted = shared.config.accepted_sso_tokens.iter().any(|t| t == token);
+    let accepted = state.config.accepted_sso_tokens.iter().any(|t| t == token);
     // The bot stores the token under `from.id`: an invoke from another
     // account would sign in the wrong user, so it is refused.
     let same_user = prompt
@@ -292,7 +292,7 @@ fn on_invoke(shared: &Shared, conversation: &Conversation, activity: &Value) -> 
     if prompt.is_none() || !accepted || !same_user || !conversation.take_prompt(id) {
         return Err(failure(412, "the token could not be exchanged"));
     }
-    forget_sas(shared, prompt.as_ref().and_then(|p| p.sas_id.as_deref()));
+    forget_sas(state, prompt.as_ref().and_then(|p| p.sas_id.as_deref()));
     conversation.append(reply(activity, json!({ "text": SIGNED_IN })));
     Ok(Some(
         json!({ "id": id, "connectionName": connection, "failureDetail": null }),
@@ -301,11 +301,15 @@ fn on_invoke(shared: &Shared, conversation: &Conversation, activity: &Value) -> 
 
 /// Completes a prompt through its token post URL; false when the prompt was
 /// already satisfied.
-pub fn sign_in_by_post(shared: &Shared, conversation: &Conversation, prompt: &Prompt) -> bool {
+pub fn sign_in_by_post(
+    state: &EmulatorState,
+    conversation: &Conversation,
+    prompt: &Prompt,
+) -> bool {
     if !conversation.take_prompt(&prompt.id) {
         return false;
     }
-    forget_sas(shared, prompt.sas_id.as_deref());
+    forget_sas(state, prompt.sas_id.as_deref());
     let message = json!({
         "type": "message",
         "from": bot_account(),
@@ -317,8 +321,8 @@ pub fn sign_in_by_post(shared: &Shared, conversation: &Conversation, prompt: &Pr
     true
 }
 
-fn forget_sas(shared: &Shared, sas_id: Option<&str>) {
+fn forget_sas(state: &EmulatorState, sas_id: Option<&str>) {
     if let Some(sas_id) = sas_id {
-        lock(&shared.sas).remove(sas_id);
+        lock(&state.sas).remove(sas_id);
     }
 }

@@ -16,24 +16,24 @@ use serde_json::json;
 use super::auth::TokenKind;
 use super::respond::{self, Body};
 use super::rest::{issue, token_answer};
-use super::state::Shared;
+use super::state::EmulatorState;
 
 /// A fresh conversation and an unbound token for it.
-pub fn agent_token(shared: &Shared) -> Response<Body> {
-    let conversation = shared.new_conversation();
-    let token = issue(shared, &conversation.id, None, TokenKind::Conversation);
+pub fn agent_token(state: &EmulatorState) -> Response<Body> {
+    let conversation = state.new_conversation();
+    let token = issue(state, &conversation.id, None, TokenKind::Conversation);
     respond::json(
         StatusCode::OK,
-        &token_answer(shared, &conversation.id, &token),
+        &token_answer(state, &conversation.id, &token),
     )
 }
 
 /// The regional settings: this emulator is the Direct Line base.
-pub fn regional_channel_settings(shared: &Shared) -> Response<Body> {
+pub fn regional_channel_settings(state: &EmulatorState) -> Response<Body> {
     respond::json(
         StatusCode::OK,
         &json!({
-            "channelUrlsById": { "directline": format!("{}/", shared.base_url()) },
+            "channelUrlsById": { "directline": format!("{}/", state.base_url()) },
         }),
     )
 }

@@ -65,7 +65,7 @@ pub use cards::{CONNECTION_NAME, EXCHANGE_URI, OAUTH_CARD, PROVIDER_ID};
 pub use conversation::{COLLISION_CLOSE_CODE, COLLISION_CLOSE_REASON};
 pub use error::EmulatorError;
 
-use state::{Shared, lock};
+use state::{EmulatorState, lock};
 
 /// How the emulator listens and behaves.
 #[derive(Debug, Clone)]
@@ -116,7 +116,7 @@ pub struct RecordedRequest {
 
 /// A running emulator. Dropping it stops the listener too.
 pub struct Emulator {
-    shared: Arc<Shared>,
+    state: Arc<EmulatorState>,
     shutdown: watch::Sender<bool>,
     server: Option<JoinHandle<()>>,
 }
@@ -139,37 +139,37 @@ impl Emulator {
                     source,
                 })?;
         let addr = listener.local_addr().map_err(EmulatorError::LocalAddr)?;
-        let shared = Arc::new(Shared::new(config, addr, recording));
+        let state = Arc::new(EmulatorState::new(config, addr, recording));
         let (shutdown, stop) = watch::channel(false);
-        let server = tokio::spawn(server::serve(listener, shared.clone(), stop));
+        let server = tokio::spawn(server::serve(listener, state.clone(), stop));
         Ok(Emulator {
-            shared,
+            state,
             shutdown,
             server: Some(server),
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.shared.addr
+        self.state.addr
     }
 
     /// `http://127.0.0.1:PORT`
     pub fn base_url(&self) -> String {
-        self.shared.base_url()
+        self.state.base_url()
     }
 
     pub fn secret(&self) -> &str {
-        &self.shared.config.secret
+        &self.state.config.secret
     }
 
     /// Every HTTP request received so far, in order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.requests).clone()
+        lock(&self.state.requests).clone()
     }
 
     /// Every WebSocket message clients sent on this conversation's streams.
     pub fn stream_messages_received(&self, conversation_id: &str) -> Vec<Message> {
-        self.shared
+        self.state
             .conversation(conversation_id)
             .map(|c| c.received())
             .unwrap_or_default()
@@ -179,7 +179,7 @@ impl Emulator {
     /// is open or the write failed.
     pub async fn send_stream_message(&self, conversation_id: &str, msg: Message) -> bool {
         let Some(done) = self
-            .shared
+            .state
             .conversation(conversation_id)
             .and_then(|c| c.send_raw(msg))
         else {
@@ -190,14 +190,14 @@ impl Emulator {
 
     /// Drops every open socket without a close frame, like a dying upstream.
     pub fn drop_streams(&self) {
-        for conversation in self.shared.all_conversations() {
+        for conversation in self.state.all_conversations() {
             conversation.abort_stream();
         }
     }
 
     /// The invoke activities posted on this conversation, in order.
     pub fn invokes_received(&self, conversation_id: &str) -> Vec<serde_json::Value> {
-        self.shared
+        self.state
             .conversation(conversation_id)
             .map(|c| c.invokes())
             .unwrap_or_default()
@@ -206,7 +206,7 @@ impl Emulator {
     /// Every token post: path and query, and the body (as JSON, or as a JSON
     /// string when it was not JSON).
     pub fn token_posts_received(&self) -> Vec<(String, serde_json::Value)> {
-        lock(&self.shared.token_posts).clone()
+        lock(&self.state.token_posts).clone()
     }
 
     /// Stops listening and closes every socket (with a 1001 close frame,
@@ -220,10 +220,10 @@ impl Emulator {
             code: CloseCode::Away,
             reason: "shutdown".into(),
         };
-        for conversation in self.shared.all_conversations() {
+        for conversation in self.state.all_conversations() {
             let _ = conversation.send_raw(Message::Close(Some(away())));
         }
-        let mut tasks = std::mem::take(&mut *lock(&self.shared.stream_tasks));
+        let mut tasks = std::mem::take(&mut *lock(&self.state.stream_tasks));
         let all_done = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(1), all_done)
             .await
@@ -237,7 +237,7 @@ impl Emulator {
 impl Drop for Emulator {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
-        lock(&self.shared.stream_tasks).abort_all();
+        lock(&self.state.stream_tasks).abort_all();
     }
 }
 

@@ -22,7 +22,7 @@ use super::error::ApiError;
 use super::respond::{self, Body, optional_json, query_param};
 use super::rough;
 use super::sas;
-use super::state::{MAX_RECORDED_BODY, Shared, lock};
+use super::state::{EmulatorState, MAX_RECORDED_BODY, lock};
 use super::stream;
 use super::upload;
 
@@ -46,15 +46,18 @@ enum Endpoint {
 
 /// Serves one HTTP request, with CORS like the real service (browsers
 /// talk to Direct Line directly, so preflights must succeed).
-pub async fn handle(shared: Arc<Shared>, request: hyper::Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    state: Arc<EmulatorState>,
+    request: hyper::Request<Incoming>,
+) -> Response<Body> {
     let origin = request.headers().get(header::ORIGIN).cloned();
-    let rough_request = shared.config.rough.then(|| request.headers().clone());
+    let rough_request = state.config.rough.then(|| request.headers().clone());
     let mut response = if request.method() == Method::OPTIONS {
         let (parts, _) = request.into_parts();
-        record(&shared, &parts, &Bytes::new());
+        record(&state, &parts, &Bytes::new());
         preflight(&parts)
     } else {
-        serve(shared, request).await
+        serve(state, request).await
     };
     if let Some(origin) = origin {
         allow_origin(&mut response, origin);
@@ -97,39 +100,39 @@ fn allow_origin(response: &mut Response<Body>, origin: HeaderValue) {
     headers.insert(header::VARY, HeaderValue::from_static("Origin"));
 }
 
-async fn serve(shared: Arc<Shared>, request: hyper::Request<Incoming>) -> Response<Body> {
+async fn serve(state: Arc<EmulatorState>, request: hyper::Request<Incoming>) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let route = match route(&parts.method, parts.uri.path()) {
         Ok(route) => route,
         Err(err) => {
             let body = respond::read_body(body).await.unwrap_or_default();
-            record(&shared, &parts, &body);
+            record(&state, &parts, &body);
             return respond::error(&err);
         }
     };
     if let Endpoint::Stream(id, multimodal) = &route {
-        record(&shared, &parts, &Bytes::new());
-        return stream::handshake(&shared, parts, id, *multimodal);
+        record(&state, &parts, &Bytes::new());
+        return stream::handshake(&state, parts, id, *multimodal);
     }
     let body = match respond::read_body(body).await {
         Ok(body) => body,
         Err(err) => {
-            record(&shared, &parts, &Bytes::new());
+            record(&state, &parts, &Bytes::new());
             return respond::error(&err);
         }
     };
-    record(&shared, &parts, &body);
-    dispatch(&shared, route, &parts, body)
+    record(&state, &parts, &body);
+    dispatch(&state, route, &parts, body)
         .await
         .unwrap_or_else(|err| respond::error(&err))
 }
 
-fn record(shared: &Shared, parts: &Parts, body: &Bytes) {
+fn record(state: &EmulatorState, parts: &Parts, body: &Bytes) {
     let path_and_query = parts.uri.path_and_query().map_or_else(
         || parts.uri.path().to_string(),
         |pq| pq.as_str().to_string(),
     );
-    shared.record_request(RecordedRequest {
+    state.record_request(RecordedRequest {
         method: parts.method.clone(),
         path_and_query,
         headers: parts.headers.clone(),
@@ -204,7 +207,7 @@ fn directline_routes(segments: &[&str]) -> Vec<(Method, Endpoint)> {
 }
 
 async fn dispatch(
-    shared: &Arc<Shared>,
+    state: &Arc<EmulatorState>,
     route: Endpoint,
     parts: &Parts,
     body: Bytes,
@@ -213,32 +216,32 @@ async fn dispatch(
     match route {
         Endpoint::TokenPost(id) => {
             let path = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
-            return Ok(sas::token_post(shared, &id, path, &body));
+            return Ok(sas::token_post(state, &id, path, &body));
         }
-        Endpoint::Attachment(id) => return attachment(shared, &id),
-        Endpoint::AgentToken => return Ok(copilot::agent_token(shared)),
-        Endpoint::RegionalChannelSettings => return Ok(copilot::regional_channel_settings(shared)),
+        Endpoint::Attachment(id) => return attachment(state, &id),
+        Endpoint::AgentToken => return Ok(copilot::agent_token(state)),
+        Endpoint::RegionalChannelSettings => return Ok(copilot::regional_channel_settings(state)),
         _ => {}
     }
     let caller = {
-        let tokens = lock(&shared.tokens);
-        auth::authenticate(&parts.headers, &shared.config.secret, &tokens)?
+        let tokens = lock(&state.tokens);
+        auth::authenticate(&parts.headers, &state.config.secret, &tokens)?
     };
     match route {
-        Endpoint::Generate => generate(shared, &caller, &body),
-        Endpoint::Refresh => refresh(shared, &caller),
-        Endpoint::Start => start(shared, &caller, &body),
-        Endpoint::Reconnect(id) => reconnect(shared, &caller, &id, query),
-        Endpoint::Poll(id) => poll(shared, &caller, &id, query),
-        Endpoint::Post(id) => post(shared, &caller, &id, &body).await,
+        Endpoint::Generate => generate(state, &caller, &body),
+        Endpoint::Refresh => refresh(state, &caller),
+        Endpoint::Start => start(state, &caller, &body),
+        Endpoint::Reconnect(id) => reconnect(state, &caller, &id, query),
+        Endpoint::Poll(id) => poll(state, &caller, &id, query),
+        Endpoint::Post(id) => post(state, &caller, &id, &body).await,
         Endpoint::Upload(id) => {
-            let conversation = conversation_for(shared, &caller, &id)?;
+            let conversation = conversation_for(state, &caller, &id)?;
             let user = query_param(query, "userId");
             let answer =
-                upload::upload(shared, &conversation, &caller, user, &parts.headers, body).await?;
+                upload::upload(state, &conversation, &caller, user, &parts.headers, body).await?;
             Ok(respond::json(StatusCode::OK, &answer))
         }
-        Endpoint::SessionId => Ok(session_id(shared, &caller)),
+        Endpoint::SessionId => Ok(session_id(state, &caller)),
         Endpoint::Stream(..)
         | Endpoint::Attachment(_)
         | Endpoint::TokenPost(_)
@@ -250,12 +253,12 @@ async fn dispatch(
 /// The conversation the caller may use; 403 for another conversation's
 /// token, 404 when it does not exist.
 fn conversation_for(
-    shared: &Shared,
+    state: &EmulatorState,
     caller: &Caller,
     id: &str,
 ) -> Result<Arc<Conversation>, ApiError> {
     caller.check_conversation(id)?;
-    shared
+    state
         .conversation(id)
         .ok_or_else(|| ApiError::not_found("Conversation not found"))
 }
@@ -278,13 +281,13 @@ fn body_user(body: &Bytes) -> Result<Option<String>, ApiError> {
 }
 
 pub(super) fn issue(
-    shared: &Shared,
+    state: &EmulatorState,
     conversation_id: &str,
     user_id: Option<String>,
     kind: TokenKind,
 ) -> String {
     let ttl = match kind {
-        TokenKind::Conversation => shared.config.token_ttl,
+        TokenKind::Conversation => state.config.token_ttl,
         TokenKind::Stream => STREAM_TOKEN_TTL,
     };
     let grant = Grant {
@@ -293,7 +296,7 @@ pub(super) fn issue(
         expires: expiry(ttl),
         kind,
     };
-    lock(&shared.tokens).issue(grant)
+    lock(&state.tokens).issue(grant)
 }
 
 /// `now + ttl`, saturating at about a century for absurd TTLs.
@@ -304,63 +307,67 @@ fn expiry(ttl: std::time::Duration) -> Instant {
         .unwrap_or(now)
 }
 
-pub(super) fn token_answer(shared: &Shared, conversation_id: &str, token: &str) -> Value {
+pub(super) fn token_answer(state: &EmulatorState, conversation_id: &str, token: &str) -> Value {
     json!({
         "conversationId": conversation_id,
         "token": token,
-        "expires_in": shared.config.token_ttl.as_secs(),
+        "expires_in": state.config.token_ttl.as_secs(),
     })
 }
 
 /// `POST /tokens/generate`: secret only; creates the conversation id but
 /// starts nothing.
-fn generate(shared: &Shared, caller: &Caller, body: &Bytes) -> Result<Response<Body>, ApiError> {
+fn generate(
+    state: &EmulatorState,
+    caller: &Caller,
+    body: &Bytes,
+) -> Result<Response<Body>, ApiError> {
     if !matches!(caller, Caller::Secret) {
         return Err(ApiError::forbidden(
             "Generating a token requires the secret",
         ));
     }
     let user = body_user(body)?;
-    let conversation = shared.new_conversation();
-    let token = issue(shared, &conversation.id, user, TokenKind::Conversation);
+    let conversation = state.new_conversation();
+    let token = issue(state, &conversation.id, user, TokenKind::Conversation);
     Ok(respond::json(
         StatusCode::OK,
-        &token_answer(shared, &conversation.id, &token),
+        &token_answer(state, &conversation.id, &token),
     ))
 }
 
 /// `POST /tokens/refresh`: token only; same conversation and user.
-fn refresh(shared: &Shared, caller: &Caller) -> Result<Response<Body>, ApiError> {
+fn refresh(state: &EmulatorState, caller: &Caller) -> Result<Response<Body>, ApiError> {
     let Caller::Token { grant, .. } = caller else {
         return Err(ApiError::forbidden(
             "Refreshing requires a token, not the secret",
         ));
     };
     let token = issue(
-        shared,
+        state,
         &grant.conversation_id,
         grant.user_id.clone(),
         TokenKind::Conversation,
     );
     Ok(respond::json(
         StatusCode::OK,
-        &token_answer(shared, &grant.conversation_id, &token),
+        &token_answer(state, &grant.conversation_id, &token),
     ))
 }
 
 /// `POST /conversations`: 201 when this call started the conversation (the
 /// bot's welcome message is then already logged), 200 when the token's
 /// conversation was already started.
-fn start(shared: &Shared, caller: &Caller, body: &Bytes) -> Result<Response<Body>, ApiError> {
+fn start(state: &EmulatorState, caller: &Caller, body: &Bytes) -> Result<Response<Body>, ApiError> {
     let body_user = body_user(body)?;
     let (conversation, token) = match caller {
         Caller::Secret => {
-            let conversation = shared.new_conversation();
-            let token = issue(shared, &conversation.id, None, TokenKind::Conversation);
+            let conversation = state.new_conversation();
+            let token = issue(state, &conversation.id, None, TokenKind::Conversation);
             (conversation, token)
         }
         Caller::Token { token, grant } => {
-            let conversation = conversation_for(shared, caller, &grant.conversation_id)?;
+            let conversation = conversation_for(state, caller, &grant.conversation_id)?;
             (conversation, token.clone())
         }
     };
@@ -368,7 +375,7 @@ fn start(shared: &Shared, caller: &Caller, body: &Bytes) -> Result<Response<Body
         .bound_user()
         .map(str::to_string)
         .or(body_user)
-        .or_else(|| shared.config.rough.then(rough::guid));
+        .or_else(|| state.config.rough.then(rough::guid));
     let started_now = conversation.start(user);
     if started_now {
         bot::welcome(&conversation);
@@ -378,26 +385,26 @@ fn start(shared: &Shared, caller: &Caller, body: &Bytes) -> Result<Response<Body
     } else {
         StatusCode::OK
     };
-    let answer = conversation_answer(shared, caller, &conversation.id, &token, None);
+    let answer = conversation_answer(state, caller, &conversation.id, &token, None);
     Ok(respond::json(status, &answer))
 }
 
 /// The Conversation object with a fresh `streamUrl`.
 fn conversation_answer(
-    shared: &Shared,
+    state: &EmulatorState,
     caller: &Caller,
     conversation_id: &str,
     token: &str,
     watermark: Option<&str>,
 ) -> Value {
     let user = caller.bound_user().map(str::to_string);
-    let stream_token = issue(shared, conversation_id, user, TokenKind::Stream);
+    let stream_token = issue(state, conversation_id, user, TokenKind::Stream);
     let stream_url = format!(
         "ws://{}/v3/directline/conversations/{conversation_id}/stream?watermark={}&t={stream_token}",
-        shared.addr,
+        state.addr,
         watermark.unwrap_or("-"),
     );
-    let mut answer = token_answer(shared, conversation_id, token);
+    let mut answer = token_answer(state, conversation_id, token);
     answer["streamUrl"] = json!(stream_url);
     answer
 }
@@ -405,28 +412,28 @@ fn conversation_answer(
 /// `GET /conversations/{id}?watermark=W`: a fresh token and a `streamUrl`
 /// that carries the watermark.
 fn reconnect(
-    shared: &Shared,
+    state: &EmulatorState,
     caller: &Caller,
     id: &str,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let conversation = conversation_for(shared, caller, id)?;
+    let conversation = conversation_for(state, caller, id)?;
     let mark = watermark(query)?.map(|w| w.to_string());
     let user = caller.bound_user().map(str::to_string);
-    let token = issue(shared, &conversation.id, user, TokenKind::Conversation);
-    let answer = conversation_answer(shared, caller, &conversation.id, &token, mark.as_deref());
+    let token = issue(state, &conversation.id, user, TokenKind::Conversation);
+    let answer = conversation_answer(state, caller, &conversation.id, &token, mark.as_deref());
     Ok(respond::json(StatusCode::OK, &answer))
 }
 
 /// `GET /conversations/{id}/activities?watermark=W`: logged activities
 /// after W (never typing); the watermark is the last one's, or W again.
 fn poll(
-    shared: &Shared,
+    state: &EmulatorState,
     caller: &Caller,
     id: &str,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let conversation = conversation_for(shared, caller, id)?;
+    let conversation = conversation_for(state, caller, id)?;
     let after = watermark(query)?;
     let (activities, last) = conversation.activities_after(after);
     let mark = last.or(after).map(|w| w.to_string());
@@ -436,21 +443,21 @@ fn poll(
 
 /// `POST /conversations/{id}/activities`: answers once the bot has.
 async fn post(
-    shared: &Arc<Shared>,
+    state: &Arc<EmulatorState>,
     caller: &Caller,
     id: &str,
     body: &Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let conversation = conversation_for(shared, caller, id)?;
+    let conversation = conversation_for(state, caller, id)?;
     let parsed = activity::parse(body)?;
-    let answer = activity::post(shared, &conversation, parsed, caller.bound_user()).await?;
+    let answer = activity::post(state, &conversation, parsed, caller.bound_user()).await?;
     Ok(respond::json(StatusCode::OK, &answer))
 }
 
 /// `GET /session/getsessionid`: a JSON string, per conversation for tokens.
-fn session_id(shared: &Shared, caller: &Caller) -> Response<Body> {
+fn session_id(state: &EmulatorState, caller: &Caller) -> Response<Body> {
     let session = match caller {
-        Caller::Token { grant, .. } => shared
+        Caller::Token { grant, .. } => state
             .conversation(&grant.conversation_id)
             .map(|c| c.session_id.clone()),
         Caller::Secret => None,
@@ -460,8 +467,8 @@ fn session_id(shared: &Shared, caller: &Caller) -> Response<Body> {
 }
 
 /// `GET /v3/directline/attachments/{id}`: an uploaded file's bytes.
-fn attachment(shared: &Shared, id: &str) -> Result<Response<Body>, ApiError> {
-    let stored = lock(&shared.attachments)
+fn attachment(state: &EmulatorState, id: &str) -> Result<Response<Body>, ApiError> {
+    let stored = lock(&state.attachments)
         .get(id)
         .cloned()
         .ok_or_else(|| ApiError::not_found("No such attachment"))?;

@@ -15,11 +15,11 @@ use serde_json::{Value, json};
 use super::bot;
 use super::error::ApiError;
 use super::respond::{self, Body};
-use super::state::{Shared, lock};
+use super::state::{EmulatorState, lock};
 
 /// Handles `POST /sas/{sas_id}`; `path_and_query` is what gets recorded.
 pub fn token_post(
-    shared: &Arc<Shared>,
+    state: &Arc<EmulatorState>,
     sas_id: &str,
     path_and_query: &str,
     body: &Bytes,
@@ -28,26 +28,26 @@ pub fn token_post(
     let recorded = parsed
         .clone()
         .unwrap_or_else(|| json!(String::from_utf8_lossy(body)));
-    lock(&shared.token_posts).push((path_and_query.to_string(), recorded));
-    match complete(shared, sas_id, parsed) {
+    lock(&state.token_posts).push((path_and_query.to_string(), recorded));
+    match complete(state, sas_id, parsed) {
         Ok(()) => respond::json(StatusCode::OK, &json!({})),
         Err(err) => respond::error(&err),
     }
 }
 
-fn complete(shared: &Shared, sas_id: &str, body: Option<Value>) -> Result<(), ApiError> {
+fn complete(state: &EmulatorState, sas_id: &str, body: Option<Value>) -> Result<(), ApiError> {
     let unknown = || ApiError::not_found("Unknown or already used token post URL");
-    let conversation_id = lock(&shared.sas).get(sas_id).cloned().ok_or_else(unknown)?;
-    let conversation = shared.conversation(&conversation_id).ok_or_else(unknown)?;
+    let conversation_id = lock(&state.sas).get(sas_id).cloned().ok_or_else(unknown)?;
+    let conversation = state.conversation(&conversation_id).ok_or_else(unknown)?;
     let prompt = conversation.prompt_by_sas(sas_id).ok_or_else(unknown)?;
     let token = body
         .as_ref()
         .and_then(|b| b["token"].as_str())
         .ok_or_else(|| ApiError::bad_argument("The body must be {\"token\": \"...\"}"))?;
-    if !shared.config.accepted_sso_tokens.iter().any(|t| t == token) {
+    if !state.config.accepted_sso_tokens.iter().any(|t| t == token) {
         return Err(ApiError::unauthorized("The token was not accepted"));
     }
-    if !bot::sign_in_by_post(shared, &conversation, &prompt) {
+    if !bot::sign_in_by_post(state, &conversation, &prompt) {
         return Err(unknown());
     }
     Ok(())

@@ -12,13 +12,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::rest;
-use super::state::Shared;
+use super::state::EmulatorState;
 
 /// Accepts connections until `shutdown` turns true, then aborts the
 /// connections still open (sockets already upgraded are closed separately).
 pub async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    state: Arc<EmulatorState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -27,7 +27,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(serve_connection(stream, shared.clone()));
+                    connections.spawn(serve_connection(stream, state.clone()));
                 }
                 Err(err) => tracing::warn!(%err, "emulator accept failed"),
             },
@@ -38,10 +38,10 @@ pub async fn serve(
     connections.abort_all();
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+async fn serve_connection(stream: tokio::net::TcpStream, state: Arc<EmulatorState>) {
     let service = service_fn(move |request| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(rest::handle(shared, request).await) }
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(rest::handle(state, request).await) }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     if let Err(err) = builder

@@ -1,4 +1,4 @@
-//! The state shared by every request handler and socket task.
+//! What the emulator knows, shared by every request handler and socket task.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ pub struct StoredAttachment {
 }
 
 /// Everything the emulator knows, behind one `Arc`.
-pub struct Shared {
+pub struct EmulatorState {
     pub config: EmulatorConfig,
     pub addr: SocketAddr,
     pub tokens: Mutex<TokenStore>,
@@ -48,9 +48,9 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl Shared {
+impl EmulatorState {
     pub fn new(config: EmulatorConfig, addr: SocketAddr, recording: bool) -> Self {
-        Shared {
+        EmulatorState {
             config,
             addr,
             tokens: Mutex::default(),

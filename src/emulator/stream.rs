@@ -28,7 +28,7 @@ use super::conversation::{Conversation, Outbound};
 use super::error::ApiError;
 use super::respond::{self, Body, query_param};
 use super::rough;
-use super::state::{Shared, lock};
+use super::state::{EmulatorState, lock};
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -46,20 +46,20 @@ type Outbox = mpsc::UnboundedReceiver<Outbound>;
 
 /// Checks the handshake and answers 101, or an error body before upgrading.
 pub fn handshake(
-    shared: &Arc<Shared>,
+    state: &Arc<EmulatorState>,
     parts: Parts,
     conversation_id: &str,
     multimodal: bool,
 ) -> Response<Body> {
     let query = parts.uri.query().map(str::to_string);
-    let extension = shared
+    let extension = state
         .config
         .rough
         .then(|| rough::extension_answer(&parts.headers))
         .flatten();
     let checked = check_upgrade(&parts.headers).and_then(|key| {
-        let bound_user = authorise(shared, &parts.headers, query.as_deref(), conversation_id)?;
-        let conversation = shared
+        let bound_user = authorise(state, &parts.headers, query.as_deref(), conversation_id)?;
+        let conversation = state
             .conversation(conversation_id)
             .ok_or_else(|| ApiError::not_found("Conversation not found"))?;
         let watermark = super::rest::watermark(query.as_deref())?;
@@ -78,7 +78,7 @@ pub fn handshake(
         Err(err) => return respond::error(&err),
     };
     let request = Request::from_parts(parts, ());
-    spawn_socket(shared, request, accepted, outbox);
+    spawn_socket(state, request, accepted, outbox);
     let mut response = switching_protocols(&key);
     if let Some(extension) = extension {
         response
@@ -113,18 +113,18 @@ fn check_upgrade(headers: &HeaderMap) -> Result<String, ApiError> {
 
 /// Authorises the handshake; returns the user id bound to the credential.
 fn authorise(
-    shared: &Shared,
+    state: &EmulatorState,
     headers: &HeaderMap,
     query: Option<&str>,
     conversation_id: &str,
 ) -> Result<Option<String>, ApiError> {
     let Some(token) = query_param(query, "t") else {
-        let tokens = lock(&shared.tokens);
-        let caller = auth::authenticate(headers, &shared.config.secret, &tokens)?;
+        let tokens = lock(&state.tokens);
+        let caller = auth::authenticate(headers, &state.config.secret, &tokens)?;
         caller.check_conversation(conversation_id)?;
         return Ok(caller.bound_user().map(str::to_string));
     };
-    let tokens = lock(&shared.tokens);
+    let tokens = lock(&state.tokens);
     let grant = tokens
         .lookup(&token)
         .filter(|g| g.kind == TokenKind::Stream)
@@ -153,12 +153,12 @@ fn switching_protocols(key: &str) -> Response<Body> {
 }
 
 fn spawn_socket(
-    shared: &Arc<Shared>,
+    state: &Arc<EmulatorState>,
     mut request: Request<()>,
     accepted: Accepted,
     outbox: Outbox,
 ) {
-    let shared_for_task = shared.clone();
+    let state_for_task = state.clone();
     let task = async move {
         let Ok(upgraded) = hyper::upgrade::on(&mut request).await else {
             accepted.conversation.detach_stream(accepted.generation);
@@ -166,18 +166,18 @@ fn spawn_socket(
         };
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        run(shared_for_task, socket, accepted, outbox).await;
+        run(state_for_task, socket, accepted, outbox).await;
     };
-    let mut tasks = lock(&shared.stream_tasks);
+    let mut tasks = lock(&state.stream_tasks);
     while tasks.try_join_next().is_some() {}
     tasks.spawn(task);
 }
 
 /// Serves one socket until either side closes it or it is aborted.
-async fn run(shared: Arc<Shared>, socket: Socket, accepted: Accepted, mut outbox: Outbox) {
+async fn run(state: Arc<EmulatorState>, socket: Socket, accepted: Accepted, mut outbox: Outbox) {
     let conversation = accepted.conversation.clone();
     let (mut sink, mut source) = socket.split();
-    let mut keepalive = shared.config.keepalive_interval.map(keepalive_timer);
+    let mut keepalive = state.config.keepalive_interval.map(keepalive_timer);
     loop {
         tokio::select! {
             outbound = outbox.recv() => match outbound {
@@ -193,7 +193,7 @@ async fn run(shared: Arc<Shared>, socket: Socket, accepted: Accepted, mut outbox
                 Some(Outbound::Abort) | None => break,
             },
             incoming = source.next() => match incoming {
-                Some(Ok(message)) => on_client_message(&shared, &accepted, message),
+                Some(Ok(message)) => on_client_message(&state, &accepted, message),
                 Some(Err(_)) | None => break,
             },
             () = tick(&mut keepalive) => {
@@ -225,7 +225,7 @@ async fn tick(timer: &mut Option<Interval>) {
 
 /// Records what the client sent; on `/stream/multimodal`, a text message
 /// holding an activity is posted like a REST POST. Empty text is ignored.
-fn on_client_message(shared: &Arc<Shared>, accepted: &Accepted, message: Message) {
+fn on_client_message(state: &Arc<EmulatorState>, accepted: &Accepted, message: Message) {
     let conversation = &accepted.conversation;
     conversation.record_received(message.clone());
     let Message::Text(text) = message else { return };
@@ -236,10 +236,10 @@ fn on_client_message(shared: &Arc<Shared>, accepted: &Accepted, message: Message
         tracing::debug!(conversation = %conversation.id, "ignoring a non-activity text message");
         return;
     };
-    let shared = shared.clone();
+    let state = state.clone();
     let conversation = conversation.clone();
     let bound_user = accepted.bound_user.clone();
     tokio::spawn(async move {
-        let _ = activity::post(&shared, &conversation, activity, bound_user.as_deref()).await;
+        let _ = activity::post(&state, &conversation, activity, bound_user.as_deref()).await;
     });
 }

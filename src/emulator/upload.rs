@@ -20,14 +20,14 @@ use super::auth::{Caller, random_id};
 use super::conversation::Conversation;
 use super::error::ApiError;
 use super::multipart::{self, Part};
-use super::state::{Shared, StoredAttachment, lock};
+use super::state::{EmulatorState, StoredAttachment, lock};
 
 /// Content type of an activity part in an upload.
 const ACTIVITY_PART: &str = "application/vnd.microsoft.activity";
 
 /// Stores the files, posts the message and waits for the bot.
 pub async fn upload(
-    shared: &Arc<Shared>,
+    state: &Arc<EmulatorState>,
     conversation: &Arc<Conversation>,
     caller: &Caller,
     user_id: Option<String>,
@@ -36,18 +36,18 @@ pub async fn upload(
 ) -> Result<Value, ApiError> {
     let content_type = header_str(headers, header::CONTENT_TYPE);
     let (activity, files) = match multipart::boundary(content_type.unwrap_or_default()) {
-        Some(boundary) => split_multipart(&body, &boundary)?,
+        Some(boundary) => split_multipart(body, &boundary).await?,
         None => (None, vec![raw_file(headers, body)]),
     };
     if files.is_empty() {
         return Err(ApiError::bad_argument("The upload contains no file"));
     }
     let mut activity = activity.unwrap_or_else(|| json!({ "type": "message" }));
-    attach(shared, &mut activity, files);
+    attach(state, &mut activity, files);
     if let Some(user) = user_id.filter(|_| !activity["from"]["id"].is_string()) {
         activity["from"] = json!({ "id": user });
     }
-    activity::post(shared, conversation, activity, caller.bound_user()).await
+    activity::post(state, conversation, activity, caller.bound_user()).await
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -67,8 +67,12 @@ fn raw_file(headers: &HeaderMap, body: Bytes) -> Part {
 }
 
 /// The activity part (checked like a posted activity) and the file parts.
-fn split_multipart(body: &Bytes, boundary: &str) -> Result<(Option<Value>, Vec<Part>), ApiError> {
+async fn split_multipart(
+    body: Bytes,
+    boundary: &str,
+) -> Result<(Option<Value>, Vec<Part>), ApiError> {
     let parts = multipart::parse(body, boundary)
+        .await
         .ok_or_else(|| ApiError::bad_argument("Malformed multipart body"))?;
     let mut activity = None;
     let mut files = Vec::new();
@@ -88,7 +92,7 @@ fn split_multipart(body: &Bytes, boundary: &str) -> Result<(Option<Value>, Vec<P
 }
 
 /// Stores the files and appends them to the activity's attachments.
-fn attach(shared: &Shared, activity: &mut Value, files: Vec<Part>) {
+fn attach(state: &EmulatorState, activity: &mut Value, files: Vec<Part>) {
     if !activity["attachments"].is_array() {
         activity["attachments"] = json!([]);
     }
@@ -101,12 +105,12 @@ fn attach(shared: &Shared, activity: &mut Value, files: Vec<Part>) {
             .or(file.name)
             .unwrap_or_else(|| format!("file{}", index + 1));
         let id = random_id(32);
-        let url = format!("{}/v3/directline/attachments/{id}", shared.base_url());
+        let url = format!("{}/v3/directline/attachments/{id}", state.base_url());
         let stored = StoredAttachment {
             content_type: content_type.clone(),
             bytes: file.data,
         };
-        lock(&shared.attachments).insert(id, stored);
+        lock(&state.attachments).insert(id, stored);
         if let Some(list) = activity["attachments"].as_array_mut() {
             list.push(json!({ "contentType": content_type, "contentUrl": url, "name": name }));
         }

@@ -1,24 +1,38 @@
 //! Sign-in as the filter `directline` calls: [`Sso`] is the proxy-wide
 //! [`ActivityFilter`], and [`SignInConversation`] the filter of one stream
-//! or poll, bound to what its request proved.
+//! or poll, bound to what its request proved. Everything that ties a
+//! request to a conversation's owner lives here; deciding cards is
+//! `sso/mod.rs`.
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName};
 
+use super::seal::{KeyId, Opened, Owner, StreamContext};
 use super::{ConversationContext, Sso};
 use crate::directline::filter::{ActivityFilter, ConversationFilter, Requester};
+use crate::metrics::ErrorKind;
 
 impl ActivityFilter for Sso {
     fn consumed_headers(&self) -> Vec<HeaderName> {
-        self.header_names()
+        self.provider.consumed_headers()
     }
 
+    /// Only the headers the provider reads are kept from a user's request.
     fn capture(&self, headers: &HeaderMap) -> HeaderMap {
-        self.capture_headers(headers)
+        let mut kept = HeaderMap::new();
+        for name in self.provider.consumed_headers() {
+            for value in headers.get_all(&name) {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+        kept
     }
 
+    /// The conversation token and, when the proxy can tell, who the
+    /// conversation belongs to: the bound user, else a fingerprint of the
+    /// provider's inputs that the start (or reconnect) request carried.
     fn seal(
         &self,
         conversation_id: &str,
@@ -26,11 +40,21 @@ impl ActivityFilter for Sso {
         requester: &Requester,
         captured: &HeaderMap,
     ) -> Option<String> {
-        self.seal_stream_context(conversation_id, token, requester, captured)
+        let owner = match requester {
+            Requester::Bound(user) => user.clone().map(Owner::User),
+            Requester::Anonymous => self
+                .sealer
+                .fingerprint(KeyId::SEALING, &self.capture(captured))
+                .map(Owner::Inputs),
+        };
+        self.sealer
+            .seal(conversation_id, &StreamContext { token, owner })
             .inspect_err(|error| tracing::warn!(%error, "stream context not sealed"))
             .ok()
     }
 
+    /// The sealed context (if it opens) gives the conversation token and
+    /// the owner, who must be the requester.
     fn for_stream(
         self: Arc<Self>,
         conversation_id: &str,
@@ -38,18 +62,77 @@ impl ActivityFilter for Sso {
         headers: &HeaderMap,
         requester: Requester,
     ) -> Arc<dyn ConversationFilter> {
-        let context = self.context_for_stream(conversation_id, sealed, headers, requester);
+        let user_headers = self.capture(headers);
+        let opened = sealed.and_then(|sealed| self.open_stream_context(conversation_id, sealed));
+        let context = ConversationContext {
+            conversation_id: conversation_id.to_string(),
+            owner_matches: self.stream_owner_matches(opened.as_ref(), &user_headers, &requester),
+            token: opened.map(|opened| opened.context.token),
+            user_headers,
+            requester,
+            trace_parent: self.traces.current(),
+        };
         Arc::new(SignInConversation::new(self, context))
     }
 
+    /// A poll carries the conversation token itself, and no sealed context:
+    /// its owner is known only through binding (the card's recipient).
     fn for_poll(
         self: Arc<Self>,
         conversation_id: &str,
         headers: &HeaderMap,
         requester: Requester,
     ) -> Arc<dyn ConversationFilter> {
-        let context = self.context_for_poll(conversation_id, headers, requester);
+        let token = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::header_values::bearer_value)
+            .map(str::to_string);
+        let context = ConversationContext {
+            conversation_id: conversation_id.to_string(),
+            token,
+            user_headers: self.capture(headers),
+            owner_matches: !(self.require_owner && requester == Requester::Anonymous),
+            requester,
+            trace_parent: self.traces.current(),
+        };
         Arc::new(SignInConversation::new(self, context))
+    }
+}
+
+impl Sso {
+    /// Opens a stream's sealed context; a refusal is counted and logged.
+    fn open_stream_context(&self, conversation_id: &str, sealed: &str) -> Option<Opened> {
+        match self.sealer.open(conversation_id, sealed) {
+            Ok(opened) => Some(opened),
+            Err(error) => {
+                self.metrics.error(ErrorKind::StreamContextRejected);
+                tracing::warn!(%error, "stream context refused: the invoke flow is off for this stream");
+                None
+            }
+        }
+    }
+
+    /// Whether the stream's requester is the owner its sealed context names.
+    fn stream_owner_matches(
+        &self,
+        opened: Option<&Opened>,
+        user_headers: &HeaderMap,
+        requester: &Requester,
+    ) -> bool {
+        let sealed_owner =
+            opened.and_then(|opened| Some((opened.context.owner.as_ref()?, opened.key)));
+        match (sealed_owner, requester) {
+            (Some((Owner::User(owner), _)), requester) => {
+                *requester == Requester::Bound(Some(owner.clone()))
+            }
+            (Some((Owner::Inputs(fingerprint), key)), _) => {
+                self.sealer.fingerprint(key, user_headers).as_ref() == Some(fingerprint)
+            }
+            // With binding, a stream acts only for an owner its context names.
+            (None, Requester::Bound(_)) => false,
+            (None, Requester::Anonymous) => !self.require_owner,
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use tracing::{Instrument, Span};
 use crate::config::SsoConfig;
 use crate::directline::activity::{self, ActivitySet, Markers, OAuthCard};
 use crate::directline::filter::Requester;
-use crate::metrics::{ErrorKind, Metrics};
+use crate::metrics::Metrics;
 use crate::telemetry::{self, Traces};
 use crate::upstream::{HttpClient, Upstream};
 use allow_list::AllowList;
@@ -40,7 +40,7 @@ use flows::{ExchangeError, Flow, InvokeTarget};
 use limits::{InFlight, SetBudget};
 use outcome::Outcome;
 use providers::{ProviderError, ProviderSetupError, TokenProvider, TokenRequest};
-use seal::{KeyId, Opened, Owner, SealError, Sealer, StreamContext};
+use seal::{SealError, Sealer};
 
 /// How long a sealed stream context stays valid: the client must open the
 /// stream within 60 s of receiving the URL; an hour leaves room for clocks.
@@ -122,104 +122,6 @@ impl Sso {
             provider,
             metrics,
         }))
-    }
-
-    /// The user-request headers the provider reads.
-    fn header_names(&self) -> Vec<http::HeaderName> {
-        self.provider.consumed_headers()
-    }
-
-    /// Only the headers the provider reads are kept from a user's request.
-    fn capture_headers(&self, headers: &HeaderMap) -> HeaderMap {
-        let mut kept = HeaderMap::new();
-        for name in self.provider.consumed_headers() {
-            for value in headers.get_all(&name) {
-                kept.append(name.clone(), value.clone());
-            }
-        }
-        kept
-    }
-
-    /// The `dlpx` value for a rewritten `streamUrl`: the conversation token
-    /// and, when the proxy can tell, who the conversation belongs to: the
-    /// bound user, else a fingerprint of the provider's inputs that the
-    /// start (or reconnect) request carried.
-    fn seal_stream_context(
-        &self,
-        conversation_id: &str,
-        token: String,
-        requester: &Requester,
-        request_headers: &HeaderMap,
-    ) -> Result<String, SealError> {
-        let owner = match requester {
-            Requester::Bound(user) => user.clone().map(Owner::User),
-            Requester::Anonymous => self
-                .sealer
-                .fingerprint(KeyId::SEALING, &self.capture_headers(request_headers))
-                .map(Owner::Inputs),
-        };
-        self.sealer
-            .seal(conversation_id, &StreamContext { token, owner })
-    }
-
-    /// What a stream may do, from its handshake: the sealed context (if it
-    /// opens) gives the conversation token and the owner, who must be the
-    /// requester.
-    fn context_for_stream(
-        &self,
-        conversation_id: &str,
-        sealed: Option<&str>,
-        request_headers: &HeaderMap,
-        requester: Requester,
-    ) -> ConversationContext {
-        let user_headers = self.capture_headers(request_headers);
-        let opened = sealed.and_then(|sealed| self.open_stream_context(conversation_id, sealed));
-        let sealed_owner = opened
-            .as_ref()
-            .and_then(|opened| Some((opened.context.owner.as_ref()?, opened.key)));
-        let owner_matches = match (sealed_owner, &requester) {
-            (Some((Owner::User(owner), _)), requester) => {
-                *requester == Requester::Bound(Some(owner.clone()))
-            }
-            (Some((Owner::Inputs(fingerprint), key)), _) => {
-                self.sealer.fingerprint(key, &user_headers).as_ref() == Some(fingerprint)
-            }
-            // With binding, a stream acts only for an owner its context names.
-            (None, Requester::Bound(_)) => false,
-            (None, Requester::Anonymous) => !self.require_owner,
-        };
-        ConversationContext {
-            conversation_id: conversation_id.to_string(),
-            token: opened.map(|opened| opened.context.token),
-            user_headers,
-            requester,
-            owner_matches,
-            trace_parent: self.traces.current(),
-        }
-    }
-
-    /// What a poll may do: it carries the conversation token itself.
-    fn context_for_poll(
-        &self,
-        conversation_id: &str,
-        request_headers: &HeaderMap,
-        requester: Requester,
-    ) -> ConversationContext {
-        let token = request_headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(crate::header_values::bearer_value)
-            .map(str::to_string);
-        ConversationContext {
-            conversation_id: conversation_id.to_string(),
-            token,
-            user_headers: self.capture_headers(request_headers),
-            // A poll has no sealed context: its owner is known only
-            // through binding (the card's recipient).
-            owner_matches: !(self.require_owner && requester == Requester::Anonymous),
-            requester,
-            trace_parent: self.traces.current(),
-        }
     }
 
     /// The fast path's test: without a marker, [`Sso::process`] would
@@ -516,18 +418,6 @@ impl Sso {
         self.metrics
             .provider_call(self.provider.name(), outcome, started.elapsed());
         result
-    }
-
-    /// Opens a stream's sealed context; a refusal is counted and logged.
-    fn open_stream_context(&self, conversation_id: &str, sealed: &str) -> Option<Opened> {
-        match self.sealer.open(conversation_id, sealed) {
-            Ok(opened) => Some(opened),
-            Err(error) => {
-                self.metrics.error(ErrorKind::StreamContextRejected);
-                tracing::warn!(%error, "stream context refused: the invoke flow is off for this stream");
-                None
-            }
-        }
     }
 }
 

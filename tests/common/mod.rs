@@ -170,6 +170,14 @@ impl Stack {
         self.emulator.secret().to_string()
     }
 
+    /// `path` on the proxy, posted with `token` and no body, as clients
+    /// start, refresh and reconnect.
+    pub async fn post_with_token(&self, path: &str, token: &str) -> Reply {
+        self.http
+            .post_json(&self.proxy_url(path), token, &Value::Null)
+            .await
+    }
+
     pub async fn start_conversation(&self) -> Conversation {
         Conversation::start(&self.http, &self.proxy.base_url(), self.emulator.secret()).await
     }
@@ -271,6 +279,12 @@ impl Http {
             .expect("response in time")
             .expect("response");
         Reply::read(response).await
+    }
+
+    /// No credentials, headers or body: a page, or a start or mint that the
+    /// proxy's own token source answers.
+    pub async fn bare(&self, method: Method, url: &str) -> Reply {
+        self.send(method, url, &[], Bytes::new()).await
     }
 
     pub async fn get(&self, url: &str, token: &str) -> Reply {

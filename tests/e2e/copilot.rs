@@ -6,18 +6,20 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use directline_proxy::config::{Config, HttpProviderConfig, ProviderKind};
-use directline_proxy::emulator::{OAUTH_CARD, SIGNED_IN};
+use directline_proxy::config::Config;
+use directline_proxy::emulator::SIGNED_IN;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::common::endpoint::{Endpoint, Seen};
 use crate::common::{
-    Conversation, Http, Stack, WAIT, activities_until, dead_address, next_activity_set,
+    Conversation, Http, Reply, Stack, WAIT, activities_until, dead_address, next_activity_set,
     proxy_config, quiet_emulator, ws_connect,
 };
 use crate::sso::{PAGE_ORIGIN, static_provider};
+use crate::sso_trust::{
+    ATTACKER_COOKIE, VICTIM_COOKIE, VICTIM_TOKEN, auth_api, cookie_provider, is_oauth_card, ws_open,
+};
 
 const TOKEN_PATH: &str =
     "/powervirtualagents/botsbyschema/cr123_agent/directline/token?api-version=2022-03-01-preview";
@@ -27,7 +29,8 @@ const SETTINGS_PATH: &str = "/powervirtualagents/regionalchannelsettings";
 /// listed in `token_endpoint_hosts`), and no `upstream.url` to fall back on.
 fn copilot_agent(config: &mut Config, power_platform: &str, nowhere: &str) {
     let power_platform = power_platform.trim_end_matches('/');
-    config.directline.token_endpoint = Some(format!("{power_platform}{TOKEN_PATH}"));
+    let endpoint = format!("{power_platform}{TOKEN_PATH}");
+    config.directline.token_endpoint = Some(endpoint.parse().expect("a URL"));
     config.directline.token_endpoint_hosts = vec!["127.0.0.1".into()];
     config.upstream.url = nowhere.parse().expect("a URL");
 }
@@ -43,12 +46,6 @@ async fn agent_stack(adjust: impl FnOnce(&mut Config)) -> Stack {
     .await
 }
 
-fn is_oauth_card(activity: &Value) -> bool {
-    activity["attachments"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|a| a["contentType"] == OAUTH_CARD))
-}
-
 fn emulator_saw(stack: &Stack, method: Method, path_start: &str) -> Vec<http::HeaderMap> {
     stack
         .emulator
@@ -59,16 +56,16 @@ fn emulator_saw(stack: &Stack, method: Method, path_start: &str) -> Vec<http::He
         .collect()
 }
 
-async fn generate_token(stack: &Stack, headers: &[(&str, &str)]) -> crate::common::Reply {
-    stack
-        .http
-        .send(
-            Method::POST,
-            &stack.proxy_url("/v3/directline/tokens/generate"),
-            headers,
-            Bytes::new(),
-        )
-        .await
+/// A token for a client that brings no credentials.
+async fn generate_token(stack: &Stack) -> Reply {
+    let url = stack.proxy_url("/v3/directline/tokens/generate");
+    stack.http.bare(Method::POST, &url).await
+}
+
+/// A conversation start with no credentials, on the proxy at `base`.
+async fn start_without_credentials(http: &Http, base: &str) -> Reply {
+    let url = format!("{base}/v3/directline/conversations");
+    http.bare(Method::POST, &url).await
 }
 
 #[tokio::test]
@@ -109,7 +106,7 @@ async fn a_start_without_credentials_gets_an_agent_token_and_signs_in_without_a_
 #[tokio::test]
 async fn a_token_request_is_answered_from_the_token_endpoint_and_refresh_and_reconnect_work() {
     let stack = agent_stack(|_| {}).await;
-    let minted = generate_token(&stack, &[]).await;
+    let minted = generate_token(&stack).await;
     assert_eq!(minted.status, StatusCode::OK, "{}", minted.text());
     let minted = minted.json();
     let conversation_id = minted["conversationId"].as_str().expect("conversationId");
@@ -125,12 +122,7 @@ async fn a_token_request_is_answered_from_the_token_endpoint_and_refresh_and_rec
     );
 
     let refreshed = stack
-        .http
-        .post_json(
-            &stack.proxy_url("/v3/directline/tokens/refresh"),
-            token,
-            &Value::Null,
-        )
+        .post_with_token("/v3/directline/tokens/refresh", token)
         .await;
     assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.text());
     assert_eq!(refreshed.json()["conversationId"], conversation_id);
@@ -140,12 +132,7 @@ async fn a_token_request_is_answered_from_the_token_endpoint_and_refresh_and_rec
         .to_string();
 
     let started = stack
-        .http
-        .post_json(
-            &stack.proxy_url("/v3/directline/conversations"),
-            &token,
-            &Value::Null,
-        )
+        .post_with_token("/v3/directline/conversations", &token)
         .await;
     assert_eq!(started.status, StatusCode::CREATED, "{}", started.text());
     let conversation = Conversation::from_reply(&stack.proxy.base_url(), &started.json());
@@ -192,26 +179,14 @@ async fn direct_line_is_the_regional_base_the_settings_name() {
         .expect("emulator");
     let http = Http::plain();
     let token = http
-        .send(
-            Method::GET,
-            &format!("{}{TOKEN_PATH}", emulator.base_url()),
-            &[],
-            Bytes::new(),
-        )
+        .bare(Method::GET, &format!("{}{TOKEN_PATH}", emulator.base_url()))
         .await
         .json();
     let power_platform = power_platform(format!("{}/", emulator.base_url()), token.clone()).await;
     let mut config = proxy_config(&dead_address().await);
     copilot_agent(&mut config, &power_platform.url(""), &dead_address().await);
     let proxy = directline_proxy::start(config).await.expect("proxy starts");
-    let started = http
-        .send(
-            Method::POST,
-            &format!("{}/v3/directline/conversations", proxy.base_url()),
-            &[],
-            Bytes::new(),
-        )
-        .await;
+    let started = start_without_credentials(&http, &proxy.base_url()).await;
     assert_eq!(started.status, StatusCode::CREATED, "{}", started.text());
     assert_eq!(started.json()["conversationId"], token["conversationId"]);
     let paths: Vec<String> = power_platform
@@ -227,14 +202,7 @@ async fn direct_line_is_the_regional_base_the_settings_name() {
         ]
     );
     // Looked up once, then cached: a second start asks only for a token.
-    let again = http
-        .send(
-            Method::POST,
-            &format!("{}/v3/directline/conversations", proxy.base_url()),
-            &[],
-            Bytes::new(),
-        )
-        .await;
+    let again = start_without_credentials(&http, &proxy.base_url()).await;
     assert_eq!(again.status, StatusCode::OK, "the same agent token again");
     assert_eq!(power_platform.seen().len(), 3);
     proxy.shutdown().await;
@@ -248,7 +216,7 @@ async fn a_token_endpoint_outside_power_platform_is_a_config_error() {
         "https://copilot.evil.example/powervirtualagents/botsbyschema/a/directline/token",
     ] {
         let mut config = proxy_config("https://directline.botframework.com");
-        config.directline.token_endpoint = Some(endpoint.into());
+        config.directline.token_endpoint = Some(endpoint.parse().expect("a URL"));
         let error = directline_proxy::start(config)
             .await
             .err()
@@ -264,7 +232,7 @@ async fn a_token_endpoint_outside_power_platform_is_a_config_error() {
 }
 
 /// The proxy's own answer: 502 with Direct Line's `BadGateway` error.
-fn assert_bad_gateway(reply: &crate::common::Reply) {
+fn assert_bad_gateway(reply: &Reply) {
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
     assert_eq!(reply.json()["error"]["code"], "BadGateway");
 }
@@ -292,12 +260,7 @@ async fn a_failing_token_endpoint_is_a_bad_gateway_and_never_a_hang() {
         ] {
             let asked = Instant::now();
             let reply = http
-                .send(
-                    Method::POST,
-                    &format!("{}{path}", proxy.base_url()),
-                    &[],
-                    Bytes::new(),
-                )
+                .bare(Method::POST, &format!("{}{path}", proxy.base_url()))
                 .await;
             assert_bad_gateway(&reply);
             assert!(asked.elapsed() < WAIT / 2, "{power_platform}{path}");
@@ -313,8 +276,8 @@ async fn agent_tokens_count_against_the_mint_quota() {
         config.directline.mint_rate_per_minute = 1;
     })
     .await;
-    assert_eq!(generate_token(&stack, &[]).await.status, StatusCode::OK);
-    let over = generate_token(&stack, &[]).await;
+    assert_eq!(generate_token(&stack).await.status, StatusCode::OK);
+    let over = generate_token(&stack).await;
     assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(over.headers.contains_key("retry-after"));
     assert_eq!(
@@ -324,43 +287,21 @@ async fn agent_tokens_count_against_the_mint_quota() {
     stack.shutdown().await;
 }
 
-const VICTIM_COOKIE: &str = "session=victim";
-const ATTACKER_COOKIE: &str = "session=attacker";
-const VICTIM_TOKEN: &str = "victim-token";
-
-/// The site's auth API: each session cookie has its own user's token.
-async fn auth_api() -> Endpoint {
-    Endpoint::start(Duration::ZERO, |seen: &Seen| {
-        let cookie = seen.headers.get("cookie").and_then(|v| v.to_str().ok());
-        match cookie {
-            Some(VICTIM_COOKIE) => (StatusCode::OK, json!({ "token": VICTIM_TOKEN }).to_string()),
-            Some(ATTACKER_COOKIE) => (StatusCode::OK, json!({ "token": "attacker" }).to_string()),
-            _ => (StatusCode::UNAUTHORIZED, "{}".into()),
-        }
-    })
-    .await
-}
-
-fn cookie_sso(config: &mut Config, auth_url: String) {
-    config.sso.provider = ProviderKind::Http;
-    config.sso.http = Some(HttpProviderConfig {
-        url: auth_url.parse().expect("a URL"),
-        forward_headers: vec!["cookie".into()],
-    });
-    config.listen.allowed_origins = vec![PAGE_ORIGIN.into()];
-}
-
-async fn ws_with_cookie(url: &str, cookie: &str) -> crate::common::Ws {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = url.into_client_request().expect("ws request");
-    let headers = request.headers_mut();
-    headers.insert("origin", PAGE_ORIGIN.parse().expect("value"));
-    headers.insert("cookie", cookie.parse().expect("value"));
-    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+/// Starts a conversation with `starter`'s session cookie, opens its stream
+/// with `streamer`'s, and has the bot ask for a sign-in there.
+async fn sign_in_on_stream(
+    stack: &Stack,
+    starter: &str,
+    streamer: &str,
+) -> (Conversation, crate::common::Ws) {
+    let conversation = stack.start_conversation_as(&[("cookie", starter)]).await;
+    let headers = [("origin", PAGE_ORIGIN), ("cookie", streamer)];
+    let ws = ws_open(&conversation.stream_url, &headers)
         .await
-        .expect("handshake in time")
         .expect("handshake");
-    ws
+    let asked = conversation.say(&stack.http, "signin exchange").await;
+    assert_eq!(asked.status, StatusCode::OK);
+    (conversation, ws)
 }
 
 /// An agent token is the conversation of whoever started it: the victim's
@@ -376,20 +317,14 @@ async fn an_agent_conversation_acts_only_for_the_user_who_started_it() {
         ..quiet_emulator()
     };
     let stack = Stack::start_with(emulator, |config| {
-        cookie_sso(config, url);
+        cookie_provider(config, url);
         let emulator = config.upstream.url.to_string();
         copilot_agent(config, &emulator, &nowhere);
     })
     .await;
 
-    let attacker = stack
-        .start_conversation_as(&[("cookie", ATTACKER_COOKIE)])
-        .await;
-    let mut victim_on_attackers = ws_with_cookie(&attacker.stream_url, VICTIM_COOKIE).await;
-    assert_eq!(
-        attacker.say(&stack.http, "signin exchange").await.status,
-        StatusCode::OK
-    );
+    let (attacker, mut victim_on_attackers) =
+        sign_in_on_stream(&stack, ATTACKER_COOKIE, VICTIM_COOKIE).await;
     let card = loop {
         let set = next_activity_set(&mut victim_on_attackers).await;
         let activities = set["activities"].as_array().cloned().unwrap_or_default();
@@ -401,14 +336,7 @@ async fn an_agent_conversation_acts_only_for_the_user_who_started_it() {
     assert!(provider.seen().is_empty(), "nobody's credentials were read");
     assert!(stack.emulator.invokes_received(&attacker.id).is_empty());
 
-    let victim = stack
-        .start_conversation_as(&[("cookie", VICTIM_COOKIE)])
-        .await;
-    let mut own = ws_with_cookie(&victim.stream_url, VICTIM_COOKIE).await;
-    assert_eq!(
-        victim.say(&stack.http, "signin exchange").await.status,
-        StatusCode::OK
-    );
+    let (victim, mut own) = sign_in_on_stream(&stack, VICTIM_COOKIE, VICTIM_COOKIE).await;
     let seen = activities_until(&mut own, SIGNED_IN).await;
     assert!(!seen.iter().any(is_oauth_card));
     let invokes = stack.emulator.invokes_received(&victim.id);

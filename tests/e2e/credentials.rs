@@ -47,11 +47,9 @@ async fn minting_without_credentials_uses_the_server_secret() {
     let stack = stack_holding_the_secret("TEST_DL_SECRET_MINT", |_| {}).await;
     let reply = stack
         .http
-        .send(
+        .bare(
             Method::POST,
             &stack.proxy_url("/v3/directline/tokens/generate"),
-            &[],
-            Bytes::new(),
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -68,12 +66,7 @@ async fn minting_without_credentials_uses_the_server_secret() {
 
     // The minted token works for the rest of the conversation, through the proxy.
     let start = stack
-        .http
-        .post_json(
-            &stack.proxy_url("/v3/directline/conversations"),
-            &token,
-            &Value::Null,
-        )
+        .post_with_token("/v3/directline/conversations", &token)
         .await;
     assert_eq!(start.status, StatusCode::CREATED);
     assert_eq!(
@@ -92,11 +85,9 @@ async fn a_start_without_credentials_uses_a_minted_token_and_only_minting_carrie
     let stack = stack_holding_the_secret("TEST_DL_SECRET_START", |_| {}).await;
     let start = stack
         .http
-        .send(
+        .bare(
             Method::POST,
             &stack.proxy_url("/v3/directline/conversations"),
-            &[],
-            Bytes::new(),
         )
         .await;
     assert_eq!(start.status, StatusCode::CREATED, "{}", start.text());
@@ -107,7 +98,7 @@ async fn a_start_without_credentials_uses_a_minted_token_and_only_minting_carrie
     let poll_path = format!("/v3/directline/conversations/{id}/activities");
     let poll = stack
         .http
-        .send(Method::GET, &stack.proxy_url(&poll_path), &[], Bytes::new())
+        .bare(Method::GET, &stack.proxy_url(&poll_path))
         .await;
     assert_eq!(
         poll.status,
@@ -116,11 +107,9 @@ async fn a_start_without_credentials_uses_a_minted_token_and_only_minting_carrie
     );
     let refresh = stack
         .http
-        .send(
+        .bare(
             Method::POST,
             &stack.proxy_url("/v3/directline/tokens/refresh"),
-            &[],
-            Bytes::new(),
         )
         .await;
     assert_eq!(refresh.status, StatusCode::UNAUTHORIZED);
@@ -180,7 +169,7 @@ async fn mint_as(stack: &Stack, user: Option<&str>, body: &Value) -> (StatusCode
 #[tokio::test]
 async fn tokens_are_bound_to_the_authenticated_user() {
     let stack = stack_holding_the_secret("TEST_DL_SECRET_BIND", |c| {
-        c.directline.user_id_header = Some("x-forwarded-user".into());
+        c.directline.user_id_header = Some(http::HeaderName::from_static("x-forwarded-user"));
     })
     .await;
     let chosen =
@@ -222,7 +211,7 @@ async fn tokens_are_bound_to_the_authenticated_user() {
 #[tokio::test]
 async fn minting_is_rate_limited_per_client() {
     let stack = stack_holding_the_secret("TEST_DL_SECRET_RATE", |c| {
-        c.directline.user_id_header = Some("x-forwarded-user".into());
+        c.directline.user_id_header = Some(http::HeaderName::from_static("x-forwarded-user"));
         c.directline.mint_rate_per_minute = 1;
         c.directline.mint_burst = 2;
     })
@@ -297,11 +286,9 @@ async fn the_binary_reads_the_secret_from_the_named_environment_variable() {
         ProxyProcess::spawn_with_env(&path, &[("DL_SECRET_FOR_THE_CHILD", secret.as_str())]);
     let base = process.listening().await;
     let reply = Http::plain()
-        .send(
+        .bare(
             Method::POST,
             &format!("{base}/v3/directline/tokens/generate"),
-            &[],
-            Bytes::new(),
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -318,7 +305,7 @@ async fn the_binary_reads_the_secret_from_the_named_environment_variable() {
 #[tokio::test]
 async fn with_binding_a_start_without_credentials_uses_a_bound_token_not_the_secret() {
     let stack = stack_holding_the_secret("start-binding", |c| {
-        c.directline.user_id_header = Some("x-forwarded-user".into());
+        c.directline.user_id_header = Some(http::HeaderName::from_static("x-forwarded-user"));
     })
     .await;
     let start = stack

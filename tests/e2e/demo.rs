@@ -7,7 +7,7 @@ use http::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::common::{
-    Conversation, Http, Ws, activities_until, next_activity_set, scratch_file, ws_connect,
+    Conversation, Http, Reply, Ws, activities_until, next_activity_set, scratch_file, ws_connect,
 };
 use directline_proxy::demo::{Demo, DemoError, DemoOptions, WebChatSource};
 use directline_proxy::emulator::{OAUTH_CARD, SIGNED_IN};
@@ -73,6 +73,12 @@ async fn sign_in(http: &Http, demo: &Demo) -> Ws {
     ws
 }
 
+/// A file of the demo's page listener.
+async fn page_file(http: &Http, demo: &Demo, name: &str) -> Reply {
+    http.bare(Method::GET, &format!("{}{name}", demo.page_url()))
+        .await
+}
+
 fn has_oauth_card(activities: &[Value]) -> bool {
     activities.iter().any(|a| {
         a["attachments"]
@@ -85,9 +91,7 @@ fn has_oauth_card(activities: &[Value]) -> bool {
 async fn the_demo_page_loads_web_chat_from_the_bundle_and_points_it_at_the_proxy() {
     let demo = demo_with_bundle("demo-page-bundle.js", true).await;
     let http = Http::plain();
-    let page = http
-        .send(Method::GET, demo.page_url(), &[], Bytes::new())
-        .await;
+    let page = page_file(&http, &demo, "").await;
     assert_eq!(page.status, StatusCode::OK);
     let html = page.text();
     assert!(html.contains(r#"<script src="/webchat.js">"#), "{html}");
@@ -98,24 +102,10 @@ async fn the_demo_page_loads_web_chat_from_the_bundle_and_points_it_at_the_proxy
         .expect("csp");
     assert!(csp.contains("script-src 'self';"), "{csp}");
 
-    let bundle = http
-        .send(
-            Method::GET,
-            &format!("{}webchat.js", demo.page_url()),
-            &[],
-            Bytes::new(),
-        )
-        .await;
+    let bundle = page_file(&http, &demo, "webchat.js").await;
     assert_eq!(bundle.status, StatusCode::OK);
     assert_eq!(bundle.text(), BUNDLE);
-    let script = http
-        .send(
-            Method::GET,
-            &format!("{}demo.js", demo.page_url()),
-            &[],
-            Bytes::new(),
-        )
-        .await;
+    let script = page_file(&http, &demo, "demo.js").await;
     assert_eq!(script.status, StatusCode::OK);
     assert!(script.text().contains("/tokens/generate"));
     demo.shutdown().await;
@@ -127,24 +117,14 @@ async fn without_a_bundle_the_page_loads_web_chat_from_its_cdn() {
         .await
         .expect("demo starts");
     let http = Http::plain();
-    let html = http
-        .send(Method::GET, demo.page_url(), &[], Bytes::new())
-        .await
-        .text();
+    let html = page_file(&http, &demo, "").await.text();
     assert!(
         html.contains(
             r#"src="https://cdn.botframework.com/botframework-webchat/latest/webchat.js""#
         ),
         "{html}"
     );
-    let bundle = http
-        .send(
-            Method::GET,
-            &format!("{}webchat.js", demo.page_url()),
-            &[],
-            Bytes::new(),
-        )
-        .await;
+    let bundle = page_file(&http, &demo, "webchat.js").await;
     assert_eq!(bundle.status, StatusCode::NOT_FOUND);
     demo.shutdown().await;
 }

@@ -35,7 +35,10 @@ pub const PAGE_ORIGIN: &str = "https://chat.contoso.test";
 pub fn allow_emulator_token_post(config: &mut Config) {
     let upstream = config.upstream.url.to_string();
     let sas = format!("{}/sas/", upstream.trim_end_matches('/'));
-    config.sso.token_post_allow_hosts.push(sas);
+    config
+        .sso
+        .token_post_allow_hosts
+        .push(sas.parse().expect("an entry"));
 }
 
 pub fn static_provider(config: &mut Config, token: &str) {
@@ -51,7 +54,7 @@ pub fn http_provider(config: &mut Config, url: String) {
     config.sso.provider = ProviderKind::Http;
     config.sso.http = Some(HttpProviderConfig {
         url: url.parse().expect("the provider's URL"),
-        forward_headers: vec!["cookie".into()],
+        forward_headers: vec![http::header::COOKIE],
     });
     config.listen.allowed_origins = vec![PAGE_ORIGIN.into()];
 }
@@ -623,7 +626,7 @@ async fn a_replay_after_reconnect_is_stripped_without_a_second_invoke() {
 async fn a_sas_url_on_a_host_not_allowed_is_never_posted_to() {
     let stack = sso_stack(|c| {
         static_provider(c, USER_TOKEN);
-        c.sso.token_post_allow_hosts = vec!["token.botframework.com".into()];
+        c.sso.token_post_allow_hosts = vec!["token.botframework.com".parse().expect("an entry")];
         c.sso.flows = vec![Flow::TokenPost];
     })
     .await;
@@ -673,7 +676,7 @@ async fn header_provider_takes_the_token_from_the_users_request() {
     let stack = sso_stack(|c| {
         c.sso.provider = ProviderKind::Header;
         c.sso.header = Some(HeaderProviderConfig {
-            name: "x-forwarded-access-token".into(),
+            name: http::HeaderName::from_static("x-forwarded-access-token"),
         });
         c.listen.allowed_origins = vec![PAGE_ORIGIN.into()];
     })
@@ -708,7 +711,7 @@ async fn oauth2_stack(grant: Grant, token_endpoint: &Endpoint, secret_var: &str)
             client_id: "proxy-client".into(),
             client_secret_env: None,
             client_secret_file: Some(secret_file),
-            header: "x-forwarded-access-token".into(),
+            header: http::HeaderName::from_static("x-forwarded-access-token"),
             allowed_resources: vec![EXCHANGE_URI.into()],
         });
         c.listen.allowed_origins = vec![PAGE_ORIGIN.into()];
@@ -989,7 +992,7 @@ async fn the_users_credentials_for_the_proxy_never_reach_direct_line() {
     let stack = sso_stack(|c| {
         c.sso.provider = ProviderKind::Header;
         c.sso.header = Some(HeaderProviderConfig {
-            name: "x-forwarded-access-token".into(),
+            name: http::HeaderName::from_static("x-forwarded-access-token"),
         });
         c.listen.allowed_origins = vec![PAGE_ORIGIN.into()];
     })
@@ -1031,7 +1034,7 @@ async fn a_failed_fallback_on_a_stream_leaves_the_card_for_a_poll_that_can_invok
     let stack = sso_stack(|c| {
         static_provider(c, USER_TOKEN);
         // Token post to the emulator is not allowed: the fallback fails.
-        c.sso.token_post_allow_hosts = vec!["token.botframework.com".into()];
+        c.sso.token_post_allow_hosts = vec!["token.botframework.com".parse().expect("an entry")];
     })
     .await;
     let conv = stack.start_conversation().await;

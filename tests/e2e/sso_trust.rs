@@ -25,15 +25,15 @@ use crate::common::{
 };
 use crate::sso::{PAGE_ORIGIN, static_provider};
 
-const VICTIM_COOKIE: &str = "session=victim";
-const ATTACKER_COOKIE: &str = "session=attacker";
-const VICTIM_TOKEN: &str = "victim-token";
+pub const VICTIM_COOKIE: &str = "session=victim";
+pub const ATTACKER_COOKIE: &str = "session=attacker";
+pub const VICTIM_TOKEN: &str = "victim-token";
 const ATTACKER_TOKEN: &str = "attacker-token";
 const EVIL_ORIGIN: &str = "https://evil.example";
 const USER_HEADER: &str = "x-forwarded-user";
 
 /// The site's auth API: each session cookie has its own user's token.
-async fn auth_api() -> Endpoint {
+pub async fn auth_api() -> Endpoint {
     Endpoint::start(Duration::ZERO, |seen: &Seen| {
         let cookie = seen
             .headers
@@ -50,15 +50,20 @@ async fn auth_api() -> Endpoint {
     .await
 }
 
-/// `provider = "http"` with the session cookie, the page's origin listed,
-/// the Direct Line secret held by the proxy and shared seal keys.
-fn cookie_sso(config: &mut Config, auth_url: String) {
+/// `provider = "http"` with the session cookie, and the page's origin listed.
+pub fn cookie_provider(config: &mut Config, auth_url: String) {
     config.sso.provider = ProviderKind::Http;
     config.sso.http = Some(HttpProviderConfig {
         url: auth_url.parse().expect("the auth API's URL"),
-        forward_headers: vec!["cookie".into()],
+        forward_headers: vec![http::header::COOKIE],
     });
     config.listen.allowed_origins = vec![PAGE_ORIGIN.into()];
+}
+
+/// [`cookie_provider`], the Direct Line secret held by the proxy and
+/// shared seal keys.
+fn cookie_sso(config: &mut Config, auth_url: String) {
+    cookie_provider(config, auth_url);
     config.sso.seal_keys = vec![base64::engine::general_purpose::STANDARD.encode([9u8; 32])];
     let secret = crate::common::scratch_file(
         &format!(
@@ -71,7 +76,7 @@ fn cookie_sso(config: &mut Config, auth_url: String) {
 }
 
 fn with_binding(config: &mut Config) {
-    config.directline.user_id_header = Some(USER_HEADER.into());
+    config.directline.user_id_header = Some(http::HeaderName::from_static(USER_HEADER));
 }
 
 async fn trust_stack(adjust: impl FnOnce(&mut Config)) -> Stack {
@@ -79,7 +84,7 @@ async fn trust_stack(adjust: impl FnOnce(&mut Config)) -> Stack {
 }
 
 /// Opens `url` with extra headers; the handshake's status on refusal.
-async fn ws_open(url: &str, headers: &[(&str, &str)]) -> Result<Ws, StatusCode> {
+pub async fn ws_open(url: &str, headers: &[(&str, &str)]) -> Result<Ws, StatusCode> {
     let mut request = url.into_client_request().expect("ws request");
     for (name, value) in headers {
         request.headers_mut().insert(
@@ -97,7 +102,7 @@ async fn ws_open(url: &str, headers: &[(&str, &str)]) -> Result<Ws, StatusCode> 
     }
 }
 
-fn is_oauth_card(activity: &Value) -> bool {
+pub fn is_oauth_card(activity: &Value) -> bool {
     activity["attachments"]
         .as_array()
         .is_some_and(|a| a.iter().any(|a| a["contentType"] == OAUTH_CARD))
@@ -489,7 +494,7 @@ async fn a_forged_card_cannot_choose_the_audience_of_an_oauth2_exchange() {
             client_id: "proxy-client".into(),
             client_secret_env: None,
             client_secret_file: Some(secret),
-            header: "x-forwarded-access-token".into(),
+            header: http::HeaderName::from_static("x-forwarded-access-token"),
             allowed_resources: vec![EXCHANGE_URI.into()],
         });
         c.listen.allowed_origins = vec![PAGE_ORIGIN.into()];

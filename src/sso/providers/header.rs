@@ -4,8 +4,8 @@
 use futures_util::future::{self, BoxFuture};
 use http::{HeaderMap, HeaderName};
 
-use super::{ProviderError, ProviderSetupError, TokenProvider, TokenRequest};
-use crate::config::HeaderProviderConfig;
+use super::{ProviderError, TokenProvider, TokenRequest};
+use crate::config::{HeaderProviderConfig, default_token_header};
 use crate::header_values::{bearer_value, single_value};
 
 pub struct HeaderProvider {
@@ -13,13 +13,10 @@ pub struct HeaderProvider {
 }
 
 impl HeaderProvider {
-    pub fn new(
-        config: Option<&HeaderProviderConfig>,
-    ) -> Result<HeaderProvider, ProviderSetupError> {
-        let name = config.map_or("x-forwarded-access-token", |c| c.name.as_str());
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| ProviderSetupError::Invalid("sso.header.name"))?;
-        Ok(HeaderProvider { name })
+    pub fn new(config: Option<&HeaderProviderConfig>) -> HeaderProvider {
+        HeaderProvider {
+            name: config.map_or_else(default_token_header, |c| c.name.clone()),
+        }
     }
 }
 

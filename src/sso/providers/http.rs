@@ -8,7 +8,7 @@ use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
 
-use super::{ProviderError, ProviderSetupError, TokenProvider, TokenRequest};
+use super::{ProviderError, TokenProvider, TokenRequest};
 use crate::body::full;
 use crate::config::HttpProviderConfig;
 use crate::telemetry;
@@ -70,20 +70,12 @@ struct Answer {
 }
 
 impl HttpProvider {
-    pub fn new(
-        config: &HttpProviderConfig,
-        client: HttpClient,
-    ) -> Result<HttpProvider, ProviderSetupError> {
-        Ok(HttpProvider {
+    pub fn new(config: &HttpProviderConfig, client: HttpClient) -> HttpProvider {
+        HttpProvider {
             url: config.url.clone(),
-            forward_headers: config
-                .forward_headers
-                .iter()
-                .map(|name| HeaderName::from_bytes(name.as_bytes()))
-                .collect::<Result<_, _>>()
-                .map_err(|_| ProviderSetupError::Invalid("sso.http.forward_headers"))?,
+            forward_headers: config.forward_headers.clone(),
             client,
-        })
+        }
     }
 
     async fn call(&self, request: &TokenRequest<'_>) -> Result<String, ProviderError> {

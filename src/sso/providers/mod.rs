@@ -42,8 +42,6 @@ pub enum ProviderSetupError {
     },
     #[error("sso.provider {0:?} is missing its section")]
     MissingSection(&'static str),
-    #[error("{0} is invalid")]
-    Invalid(&'static str),
 }
 
 /// A source of user tokens (`sso.provider`). Adding one takes a file with
@@ -103,8 +101,8 @@ pub fn build(
         ProviderKind::Http => Box::new(http::HttpProvider::new(
             config.http.as_ref().ok_or_else(missing)?,
             client,
-        )?),
-        ProviderKind::Header => Box::new(header::HeaderProvider::new(config.header.as_ref())?),
+        )),
+        ProviderKind::Header => Box::new(header::HeaderProvider::new(config.header.as_ref())),
         ProviderKind::Oauth2 => Box::new(oauth2::OAuth2Provider::new(
             config.oauth2.as_ref().ok_or_else(missing)?,
             client,

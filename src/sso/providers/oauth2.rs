@@ -142,8 +142,7 @@ impl OAuth2Provider {
             grant: config.grant,
             client_id: config.client_id.clone(),
             client_secret,
-            header: HeaderName::from_bytes(config.header.as_bytes())
-                .map_err(|_| ProviderSetupError::Invalid("sso.oauth2.header"))?,
+            header: config.header.clone(),
             allowed_resources: config.allowed_resources.clone(),
             client,
             cache: Cache::builder()
