@@ -12,7 +12,7 @@
 #                                 has it (its own tools)
 # Each script installs what it needs; Python tools go into .venv-tools/. All
 # of them use one debug build of directline-proxy (built here when missing or
-# older than the sources; DLPROXY_BIN=PATH uses that binary instead). Every
+# older than the sources; DIRECTLINE_PROXY_BIN=PATH uses that binary instead). Every
 # script runs even when an earlier one failed; the last line names the
 # failures: "ci-extra: OK ..." or "ci-extra: FAILED (...)".
 set -euo pipefail
@@ -23,8 +23,8 @@ export REPO_ROOT
 . scripts/lib-venv.sh
 
 started=$(date +%s)
-DLPROXY_BIN=$(proxy_binary debug)
-export DLPROXY_BIN
+DIRECTLINE_PROXY_BIN=$(proxy_binary debug)
+export DIRECTLINE_PROXY_BIN
 
 scripts=(deploy-checks monitoring-checks k6-smoke)
 [ -f scripts/clients.sh ] && scripts+=(clients)

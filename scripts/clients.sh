@@ -22,7 +22,7 @@
 #                       refreshes the README's)
 #   CLIENTS_CHROMIUM    the browser (default /usr/bin/chromium)
 #   CLIENTS_TIMEOUT     seconds for all checks together (default 600)
-#   DLPROXY_BIN         use this directline-proxy binary as is
+#   DIRECTLINE_PROXY_BIN         use this directline-proxy binary as is
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO_ROOT=$(pwd)

@@ -41,7 +41,7 @@
 #
 # Tools go into the project-local venv .venv-tools/ (see scripts/lib-venv.sh);
 # the binary is target/{release,debug}/directline-proxy when newer than the
-# sources, else `cargo build` builds the debug one. DLPROXY_BIN=PATH skips that.
+# sources, else `cargo build` builds the debug one. DIRECTLINE_PROXY_BIN=PATH skips that.
 # A re-run with everything in place takes about a second; a first run (no
 # venv yet: pip installs three packages) under ten seconds with pip's cache.
 set -euo pipefail

@@ -16,7 +16,7 @@
 #   K6_SMOKE_VUS        virtual users per script (default 5)
 #   K6_SMOKE_DURATION   length of each script's run (default 12s)
 #   K6_SMOKE_OUT        where logs and k6 summaries go (default target/k6-smoke)
-#   DLPROXY_BIN         use this directline-proxy binary as is (e.g. a debug build)
+#   DIRECTLINE_PROXY_BIN         use this directline-proxy binary as is (e.g. a debug build)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO_ROOT=$(pwd)

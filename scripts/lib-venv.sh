@@ -16,7 +16,7 @@
 # Environment:
 #   TOOLS_VENV    where the venv lives (default <repo>/.venv-tools)
 #   PYTHON        interpreter that creates the venv (default python3)
-#   DLPROXY_BIN   use this directline-proxy binary as is (no freshness check,
+#   DIRECTLINE_PROXY_BIN   use this directline-proxy binary as is (no freshness check,
 #                 no build)
 
 REPO_ROOT="${REPO_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
@@ -62,12 +62,12 @@ _fresh_binary() {
 
 proxy_binary() {
   local profile=${1:-release}
-  if [ -n "${DLPROXY_BIN:-}" ]; then
-    if [ ! -x "$DLPROXY_BIN" ]; then
-      echo "error: DLPROXY_BIN=$DLPROXY_BIN is not an executable" >&2
+  if [ -n "${DIRECTLINE_PROXY_BIN:-}" ]; then
+    if [ ! -x "$DIRECTLINE_PROXY_BIN" ]; then
+      echo "error: DIRECTLINE_PROXY_BIN=$DIRECTLINE_PROXY_BIN is not an executable" >&2
       return 1
     fi
-    echo "$DLPROXY_BIN"
+    echo "$DIRECTLINE_PROXY_BIN"
     return 0
   fi
   local target="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"

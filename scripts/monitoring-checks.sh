@@ -16,7 +16,7 @@
 # promtool comes from Debian's `prometheus` package: installed with apt-get
 # when missing (as root, or through sudo when there is one). The binary is
 # target/{release,debug}/directline-proxy when newer than the sources, else
-# `cargo build` builds the debug one; DLPROXY_BIN=PATH skips that. Needs
+# `cargo build` builds the debug one; DIRECTLINE_PROXY_BIN=PATH skips that. Needs
 # python3 (standard library only).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
