@@ -18,6 +18,7 @@
 #   BENCH_IDLE                      idle conversations (9900; capped by the fd limit)
 #   BENCH_SSO_CONVERSATIONS / _SIGNINS  50 conversations x 40 sign-ins, all at once
 #   BENCH_SSO_ALONE                 200 sign-ins one at a time (before those)
+#   BENCH_SSO_PACED_RATE            the same sign-ins paced at 1000/s offered (before those)
 #   NGINX                           nginx binary, or none to skip nginx
 #   PROXY_BIN                       proxy binary to measure (default: this build's)
 #   CARGO_TARGET_DIR                where cargo builds (default target)

@@ -63,6 +63,10 @@ struct DemoArgs {
     /// Run the proxy without server-side SSO (`sso.provider = "none"`).
     #[arg(long)]
     no_sso: bool,
+    /// Put the proxy in front of a Copilot Studio agent, as the emulator
+    /// plays one: tokens from its token endpoint, no Direct Line secret.
+    #[arg(long)]
+    copilot: bool,
     /// Serve this webchat.js (e.g. botframework-webchat's dist/webchat.js)
     /// instead of loading Web Chat from its CDN: for offline use and tests.
     #[arg(long, value_name = "FILE")]
@@ -95,6 +99,7 @@ async fn demo(args: DemoArgs) -> ExitCode {
         listen: args.listen,
         page_listen: args.page_listen,
         sso: !args.no_sso,
+        copilot: args.copilot,
         webchat: args
             .webchat_bundle
             .map_or(demo::WebChatSource::Cdn, demo::WebChatSource::Bundle),

@@ -48,8 +48,16 @@ pub struct DemoOptions {
     pub page_listen: SocketAddr,
     /// Server-side SSO on (the default) or off (`--no-sso`).
     pub sso: bool,
+    /// Tokens from the emulator's Copilot Studio token endpoint instead of
+    /// a held secret (`--copilot`).
+    pub copilot: bool,
     pub webchat: WebChatSource,
 }
+
+/// The emulator's Copilot Studio token endpoint (an agent's, on a Power
+/// Platform host), under its base URL.
+const COPILOT_TOKEN_PATH: &str =
+    "/powervirtualagents/botsbyschema/demo_agent/directline/token?api-version=2022-03-01-preview";
 
 /// The token the demo provider hands out; the emulator's bot accepts it.
 const DEMO_USER_TOKEN: &str = "demo-user-token";
@@ -101,6 +109,7 @@ pub struct Demo {
     page_url: String,
     proxy_url: String,
     sso: bool,
+    copilot: bool,
 }
 
 impl Demo {
@@ -119,7 +128,10 @@ impl Demo {
             options.sso,
             page_origins(page_addr),
         );
-        let proxy = {
+        let proxy = if options.copilot {
+            copilot_agent(&mut config, &emulator);
+            start(config).await?
+        } else {
             let secret = SecretFile::write(emulator.secret())?;
             config.directline.secret_file = Some(secret.path().to_path_buf());
             // The proxy reads the file once, at start; the file goes right after.
@@ -134,6 +146,7 @@ impl Demo {
             page_url: format!("http://{}/", reachable(page_addr)),
             proxy_url,
             sso: options.sso,
+            copilot: options.copilot,
         })
     }
 
@@ -145,6 +158,11 @@ impl Demo {
     /// The proxy (`http://host:port`).
     pub fn proxy_url(&self) -> &str {
         &self.proxy_url
+    }
+
+    /// The emulator behind the proxy (for tests: what it was asked).
+    pub fn emulator(&self) -> &Emulator {
+        &self.emulator
     }
 
     pub async fn shutdown(self) {
@@ -159,8 +177,28 @@ impl Demo {
             &self.proxy_url,
             &self.emulator.base_url(),
             self.sso,
+            self.copilot,
         )
     }
+}
+
+/// The proxy as in front of a Copilot Studio agent: tokens from the
+/// emulator's agent token endpoint (its loopback host listed as allowed),
+/// Direct Line at the regional base that the emulator names (itself).
+fn copilot_agent(config: &mut Config, emulator: &Emulator) {
+    let endpoint = format!("{}{COPILOT_TOKEN_PATH}", emulator.base_url());
+    config.directline.token_endpoint = Some(
+        endpoint
+            .parse()
+            .expect("the emulator's base URL and a fixed path are a URL"),
+    );
+    config.directline.token_endpoint_hosts = config
+        .upstream
+        .url
+        .host()
+        .map(str::to_string)
+        .into_iter()
+        .collect();
 }
 
 /// The `Origin` a browser sends from the page at `addr`: the address as
@@ -226,7 +264,17 @@ impl Drop for SecretFile {
     }
 }
 
-fn walkthrough(page: &str, proxy: &str, emulator: &str, sso: bool) -> String {
+fn walkthrough(page: &str, proxy: &str, emulator: &str, sso: bool, copilot: bool) -> String {
+    let holds = if copilot {
+        "it gets tokens from the emulator's Copilot Studio token endpoint"
+    } else {
+        "it holds the Direct Line secret"
+    };
+    let mints = if copilot {
+        "the proxy gets a token\n  #    from the agent's token endpoint"
+    } else {
+        "the proxy mints a\n  #    token with the secret it holds"
+    };
     let sso_part = if sso {
         format!(
             r#"
@@ -245,12 +293,12 @@ Server-side SSO is ON (provider "static", token "{DEMO_USER_TOKEN}"):
         r#"
 directline-proxy demo
   web chat  {page}   (open it in a browser)
-  proxy     {proxy}   (what clients talk to; it holds the Direct Line secret)
+  proxy     {proxy}   (what clients talk to; {holds})
   emulator  {emulator}   (built-in Direct Line 3.0 emulator with a scripted bot)
 
 Try it (another terminal):
-  # 1. start a conversation through the proxy, without credentials: the proxy mints a
-  #    token with the secret it holds; note that streamUrl points at the proxy
+  # 1. start a conversation through the proxy, without credentials: {mints};
+  #    note that streamUrl points at the proxy
   curl -s -X POST {proxy}/v3/directline/conversations
 
   # 2. send a message (use the token and conversationId from step 1)

@@ -20,6 +20,7 @@ fn options(sso: bool, webchat: WebChatSource) -> DemoOptions {
         listen: any_port,
         page_listen: any_port,
         sso,
+        copilot: false,
         webchat,
     }
 }
@@ -153,6 +154,35 @@ async fn signin_on_the_demo_signs_in_without_a_card() {
     let mut ws = sign_in(&Http::plain(), &demo).await;
     let seen = activities_until(&mut ws, SIGNED_IN).await;
     assert!(!has_oauth_card(&seen), "a card reached the page: {seen:?}");
+    demo.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_copilot_demo_gets_the_pages_token_from_the_agent_endpoint_and_signs_in_without_a_card()
+{
+    let bundle = scratch_file("demo-copilot-bundle.js", BUNDLE);
+    let demo = Demo::start(DemoOptions {
+        copilot: true,
+        ..options(true, WebChatSource::Bundle(bundle))
+    })
+    .await
+    .expect("demo starts");
+    let http = Http::plain();
+    let mut ws = sign_in(&http, &demo).await;
+    let seen = activities_until(&mut ws, SIGNED_IN).await;
+    assert!(!has_oauth_card(&seen), "a card reached the page: {seen:?}");
+    let asked = |path: &str| {
+        demo.emulator()
+            .requests()
+            .iter()
+            .filter(|r| r.path_and_query.starts_with(path))
+            .count()
+    };
+    assert_eq!(asked("/powervirtualagents/botsbyschema/"), 1);
+    assert_eq!(asked("/v3/directline/tokens/generate"), 0, "no secret used");
+    let (status, _) = token_for_page(&http, &demo, "https://evil.example").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "another page gets no token");
+    assert_eq!(asked("/powervirtualagents/botsbyschema/"), 1);
     demo.shutdown().await;
 }
 
