@@ -17,7 +17,7 @@ pub mod idle;
 pub mod logging;
 pub mod metrics;
 pub mod origin;
-pub mod quota;
+pub mod outcome;
 pub mod reload;
 pub mod router;
 pub mod server;

@@ -18,7 +18,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::config::{Flow, ProviderKind};
-use crate::sso::outcome::Outcome;
+use crate::outcome::Outcome;
 
 /// The Prometheus text format, which every scraper and `promtool check
 /// metrics` read (promtool does not parse OpenMetrics).

@@ -30,10 +30,10 @@ use super::route::Route;
 use super::token_endpoint::{TokenEndpoint, TokenEndpointError};
 use crate::body::{BoxError, ProxyBody, full, json_response};
 use crate::config::DirectLineConfig;
+use crate::directline::quota::{KeyedRate, client_key};
 use crate::error::ProxyError;
 use crate::header_hygiene::ClientInfo;
 use crate::header_values::{bearer_value, single_value};
-use crate::quota::{KeyedRate, client_key};
 use crate::upstream::Upstream;
 
 /// A mint request body larger than this is not a Direct Line token request.

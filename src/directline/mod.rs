@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod filter;
 pub mod frame;
 pub mod inspect;
+pub mod quota;
 pub mod read_pool;
 pub mod relay;
 pub mod rest;

@@ -17,9 +17,9 @@ use super::filter::{ActivityFilter, Requester};
 use super::relay::FrameLimits;
 use super::stream_url::PublicBase;
 use crate::config::Config;
+use crate::directline::quota::{self, Quotas};
 use crate::header_hygiene::ClientInfo;
 use crate::metrics::Metrics;
-use crate::quota::{self, Quotas};
 use crate::upstream::Upstream;
 
 /// The handles a WebSocket relay shares with the server: its place among

@@ -26,10 +26,10 @@ use super::inspect::Inspector;
 use super::relay;
 use super::state::RelayState;
 use crate::body::{BoxError, ProxyBody, empty};
+use crate::directline::quota::OpenStream;
 use crate::error::ProxyError;
 use crate::header_hygiene::{ClientInfo, add_forwarded_headers, strip_hop_by_hop};
 use crate::metrics::{ErrorKind, Metrics, Transport};
-use crate::quota::OpenStream;
 use crate::telemetry::Traces;
 use crate::upstream::UpstreamError;
 

@@ -14,11 +14,6 @@ use super::state::EmulatorState;
 /// Direct Line's limit on one serialised activity, in characters (256K).
 pub const MAX_ACTIVITY_CHARS: usize = 256 * 1024;
 
-/// The bot's channel account, the `recipient` of every user activity.
-pub fn bot_account() -> Value {
-    json!({ "id": bot::BOT_ID, "name": bot::BOT_NAME })
-}
-
 /// Parses and checks a posted activity body. Over 256K characters is 413
 /// `MessageSizeTooBig`; anything that is not a JSON object with a string
 /// `type` is 400 `BadArgument`.
@@ -70,7 +65,7 @@ pub async fn post(
 /// `recipient` is the bot; `from.id` is forced to the token's user when the
 /// token was generated with one, and defaulted when the client sent none.
 fn set_accounts(activity: &mut Value, conversation: &Conversation, bound_user: Option<&str>) {
-    activity["recipient"] = bot_account();
+    activity["recipient"] = bot::bot_account();
     if !activity["from"].is_object() {
         activity["from"] = json!({});
     }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::activity::bot_account;
 use super::auth::random_id;
 use super::cards::{self, OAuthOffer};
 use super::conversation::{Conversation, Prompt};
@@ -15,6 +14,11 @@ use super::state::{EmulatorState, lock};
 
 pub const BOT_ID: &str = "emulator-bot";
 pub const BOT_NAME: &str = "Emulator Bot";
+
+/// The bot's channel account, the `recipient` of every user activity.
+pub fn bot_account() -> Value {
+    json!({ "id": BOT_ID, "name": BOT_NAME })
+}
 /// The greeting sent when a conversation starts.
 pub const WELCOME: &str = "Welcome to the Emulator Bot. Type 'help' to see what I can do.";
 /// Sent when a sign-in (exchange or token post) succeeded.

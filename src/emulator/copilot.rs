@@ -15,8 +15,8 @@ use serde_json::json;
 
 use super::auth::TokenKind;
 use super::respond::{self, Body};
-use super::rest::{issue, token_answer};
 use super::state::EmulatorState;
+use super::tokens::{issue, token_answer};
 
 /// A fresh conversation and an unbound token for it.
 pub fn agent_token(state: &EmulatorState) -> Response<Body> {

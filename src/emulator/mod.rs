@@ -46,6 +46,7 @@ mod sas;
 mod server;
 mod state;
 mod stream;
+mod tokens;
 mod upload;
 
 use std::net::SocketAddr;

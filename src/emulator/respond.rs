@@ -75,3 +75,14 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .find(|(key, _)| key == name)
         .map(|(_, value)| value.into_owned())
 }
+
+/// The `watermark` query parameter: absent, empty or `-` mean "from the start".
+pub fn watermark(query: Option<&str>) -> Result<Option<u64>, ApiError> {
+    match query_param(query, "watermark").as_deref() {
+        None | Some("") | Some("-") => Ok(None),
+        Some(value) => value
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_argument(format!("Invalid watermark '{value}'"))),
+    }
+}

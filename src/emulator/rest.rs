@@ -4,7 +4,6 @@
 //! both with Direct Line error bodies.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -14,16 +13,17 @@ use serde_json::{Value, json};
 
 use super::RecordedRequest;
 use super::activity;
-use super::auth::{self, Caller, Grant, STREAM_TOKEN_TTL, TokenKind};
+use super::auth::{self, Caller, TokenKind};
 use super::bot;
 use super::conversation::Conversation;
 use super::copilot;
 use super::error::ApiError;
-use super::respond::{self, Body, optional_json, query_param};
+use super::respond::{self, Body, optional_json, query_param, watermark};
 use super::rough;
 use super::sas;
 use super::state::{EmulatorState, MAX_RECORDED_BODY, lock};
 use super::stream;
+use super::tokens::{issue, token_answer};
 use super::upload;
 
 /// Every endpoint the emulator serves.
@@ -263,56 +263,10 @@ fn conversation_for(
         .ok_or_else(|| ApiError::not_found("Conversation not found"))
 }
 
-/// The `watermark` query parameter: absent, empty or `-` mean "from the start".
-pub fn watermark(query: Option<&str>) -> Result<Option<u64>, ApiError> {
-    match query_param(query, "watermark").as_deref() {
-        None | Some("") | Some("-") => Ok(None),
-        Some(value) => value
-            .parse()
-            .map(Some)
-            .map_err(|_| ApiError::bad_argument(format!("Invalid watermark '{value}'"))),
-    }
-}
-
 /// The `user.id` of an optional request body.
 fn body_user(body: &Bytes) -> Result<Option<String>, ApiError> {
     let parsed = optional_json(body)?;
     Ok(parsed.and_then(|b| b["user"]["id"].as_str().map(str::to_string)))
-}
-
-pub(super) fn issue(
-    state: &EmulatorState,
-    conversation_id: &str,
-    user_id: Option<String>,
-    kind: TokenKind,
-) -> String {
-    let ttl = match kind {
-        TokenKind::Conversation => state.config.token_ttl,
-        TokenKind::Stream => STREAM_TOKEN_TTL,
-    };
-    let grant = Grant {
-        conversation_id: conversation_id.to_string(),
-        user_id,
-        expires: expiry(ttl),
-        kind,
-    };
-    lock(&state.tokens).issue(grant)
-}
-
-/// `now + ttl`, saturating at about a century for absurd TTLs.
-fn expiry(ttl: std::time::Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(ttl)
-        .or_else(|| now.checked_add(std::time::Duration::from_secs(100 * 365 * 86_400)))
-        .unwrap_or(now)
-}
-
-pub(super) fn token_answer(state: &EmulatorState, conversation_id: &str, token: &str) -> Value {
-    json!({
-        "conversationId": conversation_id,
-        "token": token,
-        "expires_in": state.config.token_ttl.as_secs(),
-    })
 }
 
 /// `POST /tokens/generate`: secret only; creates the conversation id but

@@ -62,7 +62,7 @@ pub fn handshake(
         let conversation = state
             .conversation(conversation_id)
             .ok_or_else(|| ApiError::not_found("Conversation not found"))?;
-        let watermark = super::rest::watermark(query.as_deref())?;
+        let watermark = respond::watermark(query.as_deref())?;
         let (tx, outbox) = mpsc::unbounded_channel();
         let generation = conversation.attach_stream(tx, watermark);
         let accepted = Accepted {

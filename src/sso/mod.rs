@@ -16,7 +16,6 @@ pub mod decisions;
 pub mod filter;
 pub mod flows;
 pub mod limits;
-pub mod outcome;
 pub mod providers;
 pub mod seal;
 
@@ -32,13 +31,13 @@ use crate::config::SsoConfig;
 use crate::directline::activity::{self, ActivitySet, Markers, OAuthCard};
 use crate::directline::filter::Requester;
 use crate::metrics::Metrics;
+use crate::outcome::Outcome;
 use crate::telemetry::{self, Traces};
 use crate::upstream::{HttpClient, Upstream};
 use allow_list::AllowList;
 use decisions::{Begin, Decisions};
 use flows::{ExchangeError, Flow, InvokeTarget};
 use limits::{InFlight, SetBudget};
-use outcome::Outcome;
 use providers::{ProviderError, ProviderSetupError, TokenProvider, TokenRequest};
 use seal::{SealError, Sealer};
 
