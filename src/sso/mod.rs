@@ -214,20 +214,7 @@ impl Sso {
             .instrument(span.clone())
             .await
             .unwrap_or(Outcome::Timeout);
-        let elapsed = started.elapsed();
-        self.metrics
-            .sso_decision(flow.as_str(), outcome.as_str(), elapsed);
-        span.record("sso.outcome", outcome.as_str());
-        span.in_scope(|| {
-            tracing::info!(
-                conversation_id = %context.conversation_id,
-                flow = flow.as_str(),
-                outcome = outcome.as_str(),
-                provider = self.provider.name(),
-                elapsed_ms = elapsed.as_millis() as u64,
-                "sso decision"
-            );
-        });
+        self.report(&span, context, flow, outcome, started.elapsed());
         let success = outcome == Outcome::Success;
         if !success && outcome.sent_nothing() && self.fell_back(card, context) {
             // Token post stood in for an invoke this stream could not make,
@@ -273,9 +260,21 @@ impl Sso {
 
     /// Counts and logs a card that was not decided: it goes out unchanged.
     fn refused(&self, context: &ConversationContext, flow: Flow, outcome: Outcome) {
-        self.metrics
-            .sso_decision(flow.as_str(), outcome.as_str(), Duration::ZERO);
         let span = self.decision_span(context, flow);
+        self.report(&span, context, flow, outcome, Duration::ZERO);
+    }
+
+    /// A decision's end, in the metrics, on its span and in the log.
+    fn report(
+        &self,
+        span: &Span,
+        context: &ConversationContext,
+        flow: Flow,
+        outcome: Outcome,
+        elapsed: Duration,
+    ) {
+        self.metrics
+            .sso_decision(flow.as_str(), outcome.as_str(), elapsed);
         span.record("sso.outcome", outcome.as_str());
         span.in_scope(|| {
             tracing::info!(
@@ -283,6 +282,7 @@ impl Sso {
                 flow = flow.as_str(),
                 outcome = outcome.as_str(),
                 provider = self.provider.name(),
+                elapsed_ms = elapsed.as_millis() as u64,
                 "sso decision"
             );
         });
