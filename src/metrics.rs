@@ -162,8 +162,9 @@ where
 }
 
 /// The route names callers of `upstream_request` pass: the REST routes'
-/// names and the SSO invoke. Another name still counts, from its first use.
-const ROUTES: [&str; 8] = [
+/// names, the SSO invoke, and a Copilot Studio agent's token endpoint and
+/// regional settings. Another name still counts, from its first use.
+const ROUTES: [&str; 10] = [
     "generate_token",
     "start_conversation",
     "reconnect",
@@ -172,6 +173,8 @@ const ROUTES: [&str; 8] = [
     "send",
     "other",
     "sso_invoke",
+    "token_endpoint",
+    "regional_settings",
 ];
 const STATUS_CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error", "timeout"];
 const DIRECTIONS: [&str; 2] = ["to_client", "to_bot"];

@@ -158,6 +158,11 @@ impl Upstream {
         self.client.clone()
     }
 
+    /// Where calls made beside `send` (the token endpoint's) are counted.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// Sends `request` and waits for the response headers, at most the
     /// configured request timeout. `route` labels the metrics.
     pub async fn send(

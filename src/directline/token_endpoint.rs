@@ -9,7 +9,7 @@
 //! looked up again, so any replica finds it by itself and a move of the
 //! agent to another region is followed within minutes.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use thiserror::Error;
 
 use crate::body::empty;
 use crate::config::DirectLineConfig;
+use crate::metrics::Metrics;
 use crate::upstream::{HttpClient, Upstream};
 
 /// How long a looked-up regional base is used before it is looked up again.
@@ -105,6 +106,7 @@ pub struct TokenEndpoint {
     /// may name over plain http.
     http_hosts: Vec<String>,
     client: HttpClient,
+    metrics: Arc<Metrics>,
     timeout: Duration,
     /// [`REGIONAL_BASE_TTL`]; shorter in tests.
     regional_ttl: Duration,
@@ -128,6 +130,7 @@ impl TokenEndpoint {
             token_url,
             http_hosts: config.token_endpoint_hosts.clone(),
             client: upstream.client(),
+            metrics: upstream.metrics(),
             timeout: upstream.request_timeout(),
             regional_ttl: REGIONAL_BASE_TTL,
             regional: Mutex::new(None),
@@ -137,7 +140,7 @@ impl TokenEndpoint {
 
     /// A fresh token from the endpoint.
     pub async fn token(&self) -> Result<EndpointToken, TokenEndpointError> {
-        let body = self.get(&self.token_url).await?;
+        let body = self.get(&self.token_url, "token_endpoint").await?;
         let token: EndpointToken =
             serde_json::from_slice(&body).map_err(|_| TokenEndpointError::BadAnswer("token"))?;
         if token.token.is_empty() {
@@ -219,7 +222,7 @@ impl TokenEndpoint {
     }
 
     async fn regional_base(&self) -> Result<Uri, TokenEndpointError> {
-        let body = self.get(&self.settings_url).await?;
+        let body = self.get(&self.settings_url, "regional_settings").await?;
         let settings: RegionalSettings = serde_json::from_slice(&body)
             .map_err(|_| TokenEndpointError::BadAnswer("channelUrlsById.directline"))?;
         let base: Uri = settings
@@ -239,32 +242,37 @@ impl TokenEndpoint {
         Ok(base)
     }
 
-    /// The body of a 2xx answer to `GET url`, all within the timeout.
-    async fn get(&self, url: &Uri) -> Result<Bytes, TokenEndpointError> {
+    /// The body of a 2xx answer to `GET url`, all within the timeout;
+    /// counted as an upstream call on `route`.
+    async fn get(&self, url: &Uri, route: &'static str) -> Result<Bytes, TokenEndpointError> {
         let request = Request::builder()
             .method(Method::GET)
             .uri(url.clone())
             .header(header::ACCEPT, "application/json")
             .body(empty())
             .map_err(|_| TokenEndpointError::BadUrl)?;
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| TokenEndpointError::Transport(e.to_string()))?;
-            if !response.status().is_success() {
-                return Err(TokenEndpointError::Status(response.status()));
-            }
-            Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map(|collected| collected.to_bytes())
-                .map_err(|e| TokenEndpointError::Transport(e.to_string()))
+        let timed_out = || TokenEndpointError::Timeout(self.timeout);
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let started = Instant::now();
+        let head = tokio::time::timeout_at(deadline, self.client.request(request)).await;
+        let status = match &head {
+            Ok(Ok(response)) => Some(response.status()),
+            _ => None,
         };
-        tokio::time::timeout(self.timeout, exchange)
+        self.metrics
+            .upstream_request(route, status, head.is_err(), started.elapsed());
+        let response = head
+            .map_err(|_| timed_out())?
+            .map_err(|e| TokenEndpointError::Transport(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(TokenEndpointError::Status(response.status()));
+        }
+        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect();
+        tokio::time::timeout_at(deadline, body)
             .await
-            .map_err(|_| TokenEndpointError::Timeout(self.timeout))?
+            .map_err(|_| timed_out())?
+            .map(|collected| collected.to_bytes())
+            .map_err(|e| TokenEndpointError::Transport(e.to_string()))
     }
 }
 

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use crate::common::endpoint::{Endpoint, Seen};
 use crate::common::{
-    Conversation, Http, Reply, Stack, WAIT, activities_until, dead_address, next_activity_set,
-    proxy_config, quiet_emulator, ws_connect,
+    Conversation, Http, Reply, Stack, WAIT, activities_until, dead_address, metric,
+    next_activity_set, proxy_config, quiet_emulator, ws_connect,
 };
 use crate::sso::{PAGE_ORIGIN, static_provider};
 use crate::sso_trust::{
@@ -120,6 +120,13 @@ async fn a_token_request_is_answered_from_the_token_endpoint_and_refresh_and_rec
         emulator_saw(&stack, Method::POST, "/v3/directline/tokens/generate").is_empty(),
         "nothing is minted with a secret"
     );
+    let base = stack.proxy.base_url();
+    for route in ["token_endpoint", "regional_settings"] {
+        let series = format!(
+            "directline_proxy_upstream_requests_total{{route=\"{route}\",status_class=\"2xx\"}}"
+        );
+        assert_eq!(metric(&stack.http, &base, &series).await, 1.0, "{series}");
+    }
 
     let refreshed = stack
         .post_with_token("/v3/directline/tokens/refresh", token)
