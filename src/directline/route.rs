@@ -160,6 +160,9 @@ impl Route {
 /// `%4Dx` and `Mx` are one conversation (for exchange once and for the
 /// sealed context). An escape that does not decode to UTF-8 stays as it is.
 fn canonical_id(segment: &str) -> String {
+    if !segment.as_bytes().contains(&b'%') {
+        return segment.to_string();
+    }
     percent_encoding::percent_decode_str(segment)
         .decode_utf8()
         .map_or_else(|_| segment.to_string(), |id| id.into_owned())
@@ -169,7 +172,7 @@ fn canonical_id(segment: &str) -> String {
 /// compared as ASP.NET routing does: case-insensitively, after decoding
 /// escaped unreserved characters.
 fn literal_is(segment: &str, word: &str) -> bool {
-    if segment.contains('%') {
+    if segment.as_bytes().contains(&b'%') {
         decode_unreserved(segment).eq_ignore_ascii_case(word)
     } else {
         segment.eq_ignore_ascii_case(word)
