@@ -14,10 +14,10 @@
 use std::path::Path;
 
 use directline_proxy::config::Config;
+use directline_proxy::directline::quota::Quotas;
 use directline_proxy::directline::relay::FrameLimits;
 use directline_proxy::directline::stream_url::PublicBase;
 use directline_proxy::origin::OriginPolicy;
-use directline_proxy::directline::quota::Quotas;
 use directline_proxy::sso::allow_list::AllowList;
 use directline_proxy::sso::decisions::Decisions;
 use directline_proxy::sso::seal::Sealer;
