@@ -54,15 +54,36 @@ impl UpstreamError {
     }
 }
 
-/// The pooled HTTP/1.1 client (http and https) the proxy makes every
-/// outgoing call with: upstream, token post, providers.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+/// hyper-util's pooled HTTP/1.1 client: what stream upgrades go through,
+/// since the upgraded connection is handed over.
+type PooledClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// Calls to hosts other than Direct Line (token providers, token posts, a
+/// Copilot Studio token endpoint), on the same kind of connections as the
+/// REST relay's: driven by the calling task, so a sign-in's provider call
+/// and token post wait for no hand-off to another task.
+#[derive(Clone)]
+pub struct HttpClient {
+    connections: Arc<Connections>,
+}
+
+impl HttpClient {
+    /// Sends `request` (an absolute URI) and returns once the response
+    /// head is in; the body drives the connection while it is read.
+    pub async fn request(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        // Boxed, so the caller's future does not carry the exchange's state.
+        Box::pin(self.connections.send(request)).await
+    }
+}
 
 /// Direct Line behind one base URL: REST calls on connections driven by the
 /// calling task, stream upgrades and calls to other hosts on the pooled
 /// client.
 pub struct Upstream {
-    client: HttpClient,
+    client: PooledClient,
     connections: Arc<Connections>,
     /// `upstream.url`, or the regional base a Copilot Studio token endpoint
     /// names (see `directline::token_endpoint`), swapped in when known.
@@ -153,9 +174,11 @@ impl Upstream {
         self.request_timeout
     }
 
-    /// A handle on the same connection pool, for calls to other hosts.
+    /// A handle on the same connections, for calls to other hosts.
     pub fn client(&self) -> HttpClient {
-        self.client.clone()
+        HttpClient {
+            connections: self.connections.clone(),
+        }
     }
 
     /// Where calls made beside `send` (the token endpoint's) are counted.
