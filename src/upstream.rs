@@ -79,9 +79,9 @@ impl HttpClient {
     }
 }
 
-/// Direct Line behind one base URL: REST calls on connections driven by the
-/// calling task, stream upgrades and calls to other hosts on the pooled
-/// client.
+/// Direct Line behind one base URL: REST calls, and calls to other hosts
+/// through [`HttpClient`], on connections driven by the calling task;
+/// stream upgrades on the pooled client.
 pub struct Upstream {
     client: PooledClient,
     connections: Arc<Connections>,

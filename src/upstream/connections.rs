@@ -1,5 +1,6 @@
-//! Keep-alive HTTP/1.1 connections to Direct Line, each driven by the task
-//! that is using it.
+//! Keep-alive HTTP/1.1 connections to Direct Line and the other hosts the
+//! proxy calls (token providers, token posts, a Copilot Studio token
+//! endpoint), each driven by the task that is using it.
 //!
 //! hyper-util's pooled client runs every connection in a task of its own and
 //! passes each request and response across to it. On the REST hot path those
