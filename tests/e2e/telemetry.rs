@@ -61,6 +61,19 @@ impl Exported {
         find(&self.span.attributes, key)
     }
 
+    /// Asserts each `(key, value)` attribute, naming the span when one is
+    /// missing or differs.
+    fn assert_attributes(&self, expected: &[(&str, &str)]) {
+        for (key, value) in expected {
+            assert_eq!(
+                self.attribute(key).as_deref(),
+                Some(*value),
+                "{key} of span {}",
+                self.span.name
+            );
+        }
+    }
+
     fn has_event(&self, name: &str) -> bool {
         self.span.events.iter().any(|event| event.name == name)
     }
@@ -230,18 +243,11 @@ async fn a_rest_call_joins_the_clients_trace_with_the_upstream_call_as_its_child
         request.span_id(),
         "a child of the request"
     );
-    assert_eq!(
-        upstream.attribute("route").as_deref(),
-        Some("start_conversation")
-    );
-    assert_eq!(
-        upstream.attribute("url.path").as_deref(),
-        Some("/v3/directline/conversations")
-    );
-    assert_eq!(
-        upstream.attribute("http.response.status_code").as_deref(),
-        Some("201")
-    );
+    upstream.assert_attributes(&[
+        ("route", "start_conversation"),
+        ("url.path", "/v3/directline/conversations"),
+        ("http.response.status_code", "201"),
+    ]);
 
     let start = emulator
         .requests()
@@ -302,12 +308,11 @@ async fn an_sso_decision_on_a_stream_has_the_provider_and_invoke_as_children() {
         opening.span_id(),
         "part of the stream's trace"
     );
-    assert_eq!(
-        decision.attribute("sso.outcome").as_deref(),
-        Some("success")
-    );
-    assert_eq!(decision.attribute("sso.flow").as_deref(), Some("invoke"));
-    assert_eq!(decision.attribute("sso.provider").as_deref(), Some("http"));
+    decision.assert_attributes(&[
+        ("sso.outcome", "success"),
+        ("sso.flow", "invoke"),
+        ("sso.provider", "http"),
+    ]);
     let provider_call = span_named(&collector, "sso.provider", in_trace).await;
     assert_eq!(provider_call.parent_id(), decision.span_id());
     assert_eq!(
@@ -403,18 +408,11 @@ async fn a_token_post_is_a_child_of_its_decision_and_carries_the_trace() {
 
     let in_trace = |s: &Exported| s.trace_id() == CLIENT_TRACE;
     let decision = span_named(&collector, "sso.decision", in_trace).await;
-    assert_eq!(
-        decision.attribute("sso.flow").as_deref(),
-        Some("token_post")
-    );
-    assert_eq!(
-        decision.attribute("sso.outcome").as_deref(),
-        Some("success")
-    );
-    assert_eq!(
-        decision.attribute("sso.provider").as_deref(),
-        Some("static")
-    );
+    decision.assert_attributes(&[
+        ("sso.flow", "token_post"),
+        ("sso.outcome", "success"),
+        ("sso.provider", "static"),
+    ]);
     let post = span_named(&collector, "sso.token_post", in_trace).await;
     assert_eq!(post.parent_id(), decision.span_id());
     assert_eq!(post.span.kind, SpanKind::Client as i32);
