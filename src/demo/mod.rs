@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use thiserror::Error;
 
 use crate::config::{Config, ProviderKind, StaticProviderConfig};
-use crate::emulator::{Emulator, EmulatorConfig, EmulatorError};
+use crate::emulator::{AGENT_TOKEN_PATH, Emulator, EmulatorConfig, EmulatorError};
 use crate::{RunningProxy, StartError, start};
 
 pub use page::WebChatSource;
@@ -53,11 +53,6 @@ pub struct DemoOptions {
     pub copilot: bool,
     pub webchat: WebChatSource,
 }
-
-/// The emulator's Copilot Studio token endpoint (an agent's, on a Power
-/// Platform host), under its base URL.
-const COPILOT_TOKEN_PATH: &str =
-    "/powervirtualagents/botsbyschema/demo_agent/directline/token?api-version=2022-03-01-preview";
 
 /// The token the demo provider hands out; the emulator's bot accepts it.
 const DEMO_USER_TOKEN: &str = "demo-user-token";
@@ -186,7 +181,7 @@ impl Demo {
 /// emulator's agent token endpoint (its loopback host listed as allowed),
 /// Direct Line at the regional base that the emulator names (itself).
 fn copilot_agent(config: &mut Config, emulator: &Emulator) {
-    let endpoint = format!("{}{COPILOT_TOKEN_PATH}", emulator.base_url());
+    let endpoint = format!("{}{AGENT_TOKEN_PATH}", emulator.base_url());
     config.directline.token_endpoint = Some(
         endpoint
             .parse()

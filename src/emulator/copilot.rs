@@ -18,6 +18,10 @@ use super::respond::{self, Body};
 use super::state::EmulatorState;
 use super::tokens::{issue, token_answer};
 
+/// A token endpoint path of an agent this emulator plays (any schema
+/// name is served), with the `api-version` Copilot Studio gives.
+pub const AGENT_TOKEN_PATH: &str = "/powervirtualagents/botsbyschema/emulated_agent/directline/token?api-version=2022-03-01-preview";
+
 /// A fresh conversation and an unbound token for it.
 pub fn agent_token(state: &EmulatorState) -> Response<Body> {
     let conversation = state.new_conversation();

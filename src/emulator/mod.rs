@@ -64,6 +64,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 pub use bot::{BOT_ID, BOT_NAME, SIGNED_IN, WELCOME};
 pub use cards::{CONNECTION_NAME, EXCHANGE_URI, OAUTH_CARD, PROVIDER_ID};
 pub use conversation::{COLLISION_CLOSE_CODE, COLLISION_CLOSE_REASON};
+pub use copilot::AGENT_TOKEN_PATH;
 pub use error::EmulatorError;
 
 use state::{EmulatorState, lock};

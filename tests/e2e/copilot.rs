@@ -21,8 +21,7 @@ use crate::sso_trust::{
     ATTACKER_COOKIE, VICTIM_COOKIE, VICTIM_TOKEN, auth_api, cookie_provider, is_oauth_card, ws_open,
 };
 
-const TOKEN_PATH: &str =
-    "/powervirtualagents/botsbyschema/cr123_agent/directline/token?api-version=2022-03-01-preview";
+const TOKEN_PATH: &str = directline_proxy::emulator::AGENT_TOKEN_PATH;
 const SETTINGS_PATH: &str = "/powervirtualagents/regionalchannelsettings";
 
 /// The agent's token endpoint on `power_platform` (a loopback address, so
