@@ -135,7 +135,7 @@ pub fn start_upstream() -> Result<Upstream, BoxError> {
 }
 
 /// What stands between the load generator and the upstream: nothing
-/// (direct), nginx or the proxy.
+/// (direct), nginx, the floor or the proxy.
 pub struct Hop {
     pub name: &'static str,
     pub base: String,
@@ -378,6 +378,25 @@ forward_headers = ["cookie"]
             .stderr(file),
     )?;
     listening_hop(name, port, process, log)
+}
+
+/// The floor ([`crate::floor`]): this binary as the least a hop on the
+/// proxy's stack can do.
+pub fn start_floor(dir: &Path, upstream: &str) -> Result<Hop, BoxError> {
+    let port = free_port()?;
+    let (log, file) = log_file(dir, "floor")?;
+    let process = Process::spawn(
+        Command::new(std::env::current_exe()?)
+            .args([
+                "floor",
+                &port.to_string(),
+                upstream.trim_start_matches("http://"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file),
+    )?;
+    listening_hop("floor", port, process, log)
 }
 
 /// nginx as WebSocket and HTTP/1.1 keep-alive reverse proxy: a worker per

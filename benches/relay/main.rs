@@ -29,6 +29,7 @@
 //! runs every workload once at tiny sizes without nginx (a smoke test of
 //! the harness, a few seconds).
 
+mod floor;
 mod hops;
 mod load;
 mod upstream;
@@ -55,6 +56,7 @@ async fn main() -> Result<(), BoxError> {
     match args.next().as_deref() {
         Some("upstream") => upstream::run().await,
         Some("load") => load::run(args).await,
+        Some("floor") => floor::run(args).await,
         Some("--list") => Ok(()),
         mode => {
             // `cargo bench` passes `--bench`; `cargo test --bench relay`
@@ -123,6 +125,8 @@ struct Settings {
     reps: usize,
     workloads: Vec<String>,
     nginx: Option<String>,
+    /// Whether to run the floor hop ([`floor`]) too.
+    floor: bool,
     proxy: PathBuf,
     params: BTreeMap<&'static str, Vec<String>>,
     idle: usize,
@@ -201,6 +205,7 @@ impl Settings {
             reps: env_number("BENCH_REPS", 3).max(1),
             workloads,
             nginx,
+            floor: env_number("BENCH_FLOOR", 1) != 0,
             proxy,
             params,
             idle,
@@ -233,6 +238,7 @@ impl Settings {
             reps: 1,
             workloads: all.keys().map(|k| k.to_string()).collect(),
             nginx: None,
+            floor: true,
             proxy: PathBuf::from(env!("CARGO_BIN_EXE_directline-proxy")),
             params: all,
             idle: 50,
@@ -259,6 +265,9 @@ fn harness(settings: Settings) -> Result<(), BoxError> {
         hops.push(hops::restartable(move || {
             hops::start_nginx(&nginx, &dir, &upstream)
         })?);
+    }
+    if settings.floor {
+        hops.push(hops::start_floor(dir.path(), &upstream.base)?);
     }
     {
         let (binary, dir) = (settings.proxy.clone(), dir.path().to_path_buf());
@@ -314,8 +323,10 @@ fn harness(settings: Settings) -> Result<(), BoxError> {
             let count = hops.len();
             for i in 0..count {
                 let hop = &mut hops[(i + rep) % count];
-                if workload == "idle" && hop.is_direct() {
-                    continue; // no hop, no hop memory
+                if workload == "idle" && (hop.is_direct() || hop.name == "floor") {
+                    // No hop, no hop memory; the floor's is tokio's copy
+                    // buffers, no yardstick for the proxy's.
+                    continue;
                 }
                 if workload == "idle" {
                     hop.restart()?;
@@ -437,22 +448,27 @@ fn report(settings: &Settings, runs: &Runs) {
         "medians of {} reps; idle: {} conversations",
         settings.reps, settings.idle
     );
-    println!("| workload | measure | direct | nginx | proxy | proxy/nginx | proxy/direct |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| workload | measure | direct | nginx | floor | proxy | proxy/nginx | proxy/direct | floor/nginx |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     let row = |workload: &str, what: &str, measure: &dyn Fn(&Run) -> Option<f64>| {
-        let [d, n, p] = ["direct", "nginx", "proxy"].map(|h| med(runs, workload, h, measure));
-        if d.is_none() && n.is_none() && p.is_none() {
-            return [d, n, p];
+        let medians @ [d, n, f, p] =
+            ["direct", "nginx", "floor", "proxy"].map(|h| med(runs, workload, h, measure));
+        if medians.iter().all(Option::is_none) {
+            return medians;
         }
         println!(
-            "| {workload} | {what} | {} | {} | {} | {} | {} |",
+            "| {workload} | {what} | {} | {} | {} | {} | {} | {} | {} |",
             cell(d),
             cell(n),
+            cell(f),
             cell(p),
             ratio(p, n),
-            ratio(p, d)
+            ratio(p, d),
+            ratio(f, n)
         );
-        [d, n, p]
+        medians
     };
     let rtt = row("rtt", "round trips/s", &rate);
     let rtt_cpu = row("rtt", "hop CPU µs/round trip", &cpu_us_per_unit);
@@ -479,38 +495,50 @@ fn report(settings: &Settings, runs: &Runs) {
     ] {
         sso.insert(key, row("sso", what, &field(key)));
     }
-    let sso_p99 = |key: &str| sso.get(key).and_then(|[_, _, proxy]| *proxy);
+    let sso_p99 = |key: &str| sso.get(key).and_then(|[_, _, _, proxy]| *proxy);
 
-    let added = |[d, other]: [Option<f64>; 2]| Some(other? - d?);
-    let (nginx_added, proxy_added) = (added([p99[0], p99[1]]), added([p99[0], p99[2]]));
+    let added = |hop: Option<f64>| Some(hop? - p99[0]?);
+    let [nginx_added, floor_added, proxy_added] = [p99[1], p99[2], p99[3]].map(added);
     println!();
     println!(
-        "added p99 (hop minus direct): nginx {} µs, proxy {} µs",
+        "added p99 (hop minus direct): nginx {} µs, floor {} µs, proxy {} µs",
         cell(nginx_added),
+        cell(floor_added),
         cell(proxy_added)
     );
     if settings.smoke {
         println!("smoke run: the sizes are too small to judge the targets");
         return;
     }
-    let faster = |[_, n, p]: [Option<f64>; 3]| Some(p? >= 1.2 * n?);
-    let cheaper = |[_, n, p]: [Option<f64>; 3]| Some(p? <= n?);
+    // The hop's medians are at index 2 (the floor) or 3 (the proxy).
+    let faster = |hop: usize, m: [Option<f64>; 4]| Some(m[hop]? >= 1.2 * m[1]?);
+    let cheaper = |hop: usize, m: [Option<f64>; 4]| Some(m[hop]? <= m[1]?);
+    let wire_speed = |hop: usize, added: Option<f64>| {
+        [
+            ("rtt round trips/s >= 1.2x nginx", faster(hop, rtt)),
+            ("firehose frames/s >= 1.2x nginx", faster(hop, fire)),
+            ("poll req/s >= 1.2x nginx", faster(hop, poll)),
+            ("rtt hop CPU/round trip <= nginx", cheaper(hop, rtt_cpu)),
+            ("firehose hop CPU/frame <= nginx", cheaper(hop, fire_cpu)),
+            ("poll hop CPU/req <= nginx", cheaper(hop, poll_cpu)),
+            (
+                "added p99 <= nginx's",
+                added.zip(nginx_added).map(|(hop, n)| hop <= n),
+            ),
+        ]
+    };
+    if settings.floor {
+        println!("the floor (tokio and hyper relaying, nothing else) against the same targets:");
+        for (what, holds) in wire_speed(2, floor_added) {
+            println!("  {what}: {}", verdict(holds));
+        }
+    }
     println!("targets:");
-    for (what, holds) in [
-        ("rtt round trips/s >= 1.2x nginx", faster(rtt)),
-        ("firehose frames/s >= 1.2x nginx", faster(fire)),
-        ("poll req/s >= 1.2x nginx", faster(poll)),
-        ("rtt hop CPU/round trip <= nginx", cheaper(rtt_cpu)),
-        ("firehose hop CPU/frame <= nginx", cheaper(fire_cpu)),
-        ("poll hop CPU/req <= nginx", cheaper(poll_cpu)),
-        (
-            "added p99 <= nginx's",
-            proxy_added.zip(nginx_added).map(|(p, n)| p <= n),
-        ),
-        ("idle <= 8 KiB/conversation", idle[2].map(|k| k <= 8.0)),
+    for (what, holds) in wire_speed(3, proxy_added).into_iter().chain([
+        ("idle <= 8 KiB/conversation", idle[3].map(|k| k <= 8.0)),
         (
             "idle <= 4 KiB/conversation (aim)",
-            idle[2].map(|k| k <= 4.0),
+            idle[3].map(|k| k <= 4.0),
         ),
         (
             "SSO decision p99 <= 1 ms beyond provider and invoke, one at a time",
@@ -524,7 +552,7 @@ fn report(settings: &Settings, runs: &Runs) {
             "SSO decision p99 <= 1 ms beyond provider and invoke, all at once (saturated: queueing)",
             sso_p99("decision_p99_us").map(|us| us <= 1000.0),
         ),
-    ] {
+    ]) {
         println!("  {what}: {}", verdict(holds));
     }
 }
