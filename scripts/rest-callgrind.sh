@@ -9,6 +9,9 @@
 # connections (GET .../activities?watermark=N with a bearer token), then
 # repeats with no requests and prints (total Ir - startup Ir) / REQUESTS.
 # Profiles stay in $OUT (default /tmp/rest-callgrind) for callgrind_annotate.
+# FLOOR=path measures the benchmark's floor hop instead of the proxy (path:
+# the relay bench binary, target/release/deps/relay-*; see benches/relay/floor.rs),
+# so the proxy's own share of a request's instructions can be read off.
 set -euo pipefail
 N=${1:-10000}
 BIN=$(realpath "${2:-target/release/directline-proxy}")
@@ -58,13 +61,16 @@ START=$(curl -s -X POST -H "Authorization: Bearer emulator-secret" "http://127.0
 CONV=$(python3 -c 'import sys,json;print(json.load(sys.stdin)["conversationId"])' <<< "$START")
 TOKEN=$(python3 -c 'import sys,json;print(json.load(sys.stdin)["token"])' <<< "$START")
 export CONV TOKEN
+HOP=("$BIN" --config "$OUT/bench.toml" run)
+if [ -n "${FLOOR:-}" ]; then HOP=("$FLOOR" floor "$PROXY_PORT" "127.0.0.1:$EMU_PORT"); fi
 measure() { # label requests
     RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.$1.out" \
-        "$BIN" --config "$OUT/bench.toml" run > "$OUT/proxy.$1.log" 2>&1 &
+        "${HOP[@]}" > "$OUT/proxy.$1.log" 2>&1 &
     local proxy=$!
     for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$PROXY_PORT/healthz" && break; sleep 0.2; done
     [ "$2" -gt 0 ] && python3 "$OUT/drive.py" "$2" "$PROXY_PORT"
-    kill -INT $proxy; wait $proxy || true
+    # TERM: the floor has no handler of its own, and a background job ignores INT.
+    kill -TERM $proxy; wait $proxy || true
     awk '/^summary:/ {print $2}' "$OUT/cg.$1.out"
 }
 TOTAL=$(measure run "$N")

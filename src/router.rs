@@ -41,11 +41,7 @@ fn host_is_valid<B>(request: &Request<B>) -> bool {
     let mut hosts = request.headers().get_all(http::header::HOST).iter();
     let host_ok = match (hosts.next(), hosts.next()) {
         (None, _) => true,
-        (Some(host), None) => host
-            .to_str()
-            .ok()
-            .and_then(stream_url::host_authority)
-            .is_some(),
+        (Some(host), None) => stream_url::is_host_authority(host.as_bytes()),
         (Some(_), Some(_)) => false,
     };
     let authority_ok = request
@@ -94,6 +90,9 @@ pub fn admin<B>(shared: &Shared, request: &Request<B>) -> Response<ProxyBody> {
 /// method, version or SSO setting: the sealed context is the proxy's and
 /// never reaches Direct Line. Only a single one is a stream's context.
 fn take_sealed_context<B>(request: &mut Request<B>) -> Option<String> {
+    if !stream_url::has_query_param(request.uri(), SEALED_PARAM) {
+        return None;
+    }
     let (stripped, mut values) = stream_url::take_query_params(request.uri(), SEALED_PARAM);
     if values.is_empty() {
         return None;

@@ -125,3 +125,16 @@ pub async fn serve(
 fn is_json_object(bytes: &[u8]) -> bool {
     bytes.trim_ascii_start().first() == Some(&b'{')
 }
+
+/// `text` split at every ASCII `separator` (so every piece is whole UTF-8),
+/// found with `memchr`: several times cheaper per request than `str::split`
+/// with a `char` (issue 9), for the path and query checks every request gets.
+fn split_at_byte(text: &str, separator: u8) -> impl Iterator<Item = &str> {
+    let ends = memchr::memchr_iter(separator, text.as_bytes()).chain([text.len()]);
+    let mut start = 0;
+    ends.map(move |end| {
+        let piece = text.get(start..end).unwrap_or_default();
+        start = end + 1;
+        piece
+    })
+}

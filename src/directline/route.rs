@@ -32,7 +32,7 @@ impl Route {
         let rest = path.strip_prefix(PREFIX).unwrap_or_default();
         // At most four segments matter; no allocation unless a literal
         // segment has a percent-escape.
-        let mut segments = rest.split('/').filter(|s| !s.is_empty());
+        let mut segments = segments(rest);
         let first = segments.next();
         let id_segment = segments.next();
         let third = segments.next();
@@ -168,15 +168,18 @@ fn canonical_id(segment: &str) -> String {
         .map_or_else(|_| segment.to_string(), |id| id.into_owned())
 }
 
-/// Whether a path segment is the literal `word` (lower-case ASCII),
+/// The non-empty `/`-separated segments of `path`.
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    super::split_at_byte(path, b'/').filter(|segment| !segment.is_empty())
+}
+
+/// Whether a path segment is the literal `word` (lower-case ASCII, no `%`),
 /// compared as ASP.NET routing does: case-insensitively, after decoding
-/// escaped unreserved characters.
+/// escaped unreserved characters. Only a segment with an escape is decoded.
 fn literal_is(segment: &str, word: &str) -> bool {
-    if segment.as_bytes().contains(&b'%') {
-        decode_unreserved(segment).eq_ignore_ascii_case(word)
-    } else {
-        segment.eq_ignore_ascii_case(word)
-    }
+    segment.eq_ignore_ascii_case(word)
+        || (memchr::memchr(b'%', segment.as_bytes()).is_some()
+            && decode_unreserved(segment).eq_ignore_ascii_case(word))
 }
 
 /// Decodes percent-escapes of unreserved characters (RFC 3986 section 6.2.2.2:
@@ -283,8 +286,10 @@ mod tests {
         }
     }
 
-    const PIECES: [&str; 26] = [
+    const PIECES: [&str; 28] = [
         "",
+        "é",
+        "activitiés",
         "conversations",
         "CONVERSATIONS",
         "%63onversations",

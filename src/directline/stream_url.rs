@@ -113,6 +113,35 @@ pub fn host_authority(host: &str) -> Option<Authority> {
     (!authority.as_str().contains('@') && !authority.host().is_empty()).then_some(authority)
 }
 
+/// Whether a `Host` value is one [`host_authority`] accepts. The common
+/// shape (`name` or `name:port`; letters, digits, dots and dashes) is
+/// recognised without parsing an `Authority`, which copies the value to the
+/// heap (issue 9: this runs on every request); anything else is parsed.
+pub fn is_host_authority(host: &[u8]) -> bool {
+    is_plain_host(host)
+        || std::str::from_utf8(host)
+            .ok()
+            .and_then(host_authority)
+            .is_some()
+}
+
+fn is_plain_host(host: &[u8]) -> bool {
+    let (name, port) = match memchr::memchr(b':', host) {
+        Some(at) => (&host[..at], Some(&host[at + 1..])),
+        None => (host, None),
+    };
+    let name_ok = !name.is_empty()
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+    let port_ok = port.is_none_or(|port| {
+        (1..=5).contains(&port.len())
+            && port.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(port).is_ok_and(|p| p.parse::<u16>().is_ok())
+    });
+    name_ok && port_ok
+}
+
 fn ws_scheme(scheme: &str) -> Option<&'static str> {
     match scheme {
         "http" | "ws" => Some("ws"),
@@ -157,7 +186,16 @@ fn key_is(key: &str, name: &str) -> bool {
 }
 
 fn query_key(pair: &str) -> &str {
-    pair.split_once('=').map_or(pair, |(key, _)| key)
+    memchr::memchr(b'=', pair.as_bytes()).map_or(pair, |at| pair.get(..at).unwrap_or(pair))
+}
+
+/// Whether `uri` has a query parameter called `name`, spelled as
+/// [`take_query_params`] finds it; checked first, so a request without one
+/// (nearly all) keeps its `Uri` as it is.
+pub fn has_query_param(uri: &Uri, name: &str) -> bool {
+    uri.query().is_some_and(|query| {
+        super::split_at_byte(query, b'&').any(|pair| key_is(query_key(pair), name))
+    })
 }
 
 /// Removes every query parameter called `name` from `uri` (however its
@@ -169,12 +207,11 @@ pub fn take_query_params(uri: &Uri, name: &str) -> (Uri, Vec<String>) {
     let Some(query) = uri.query() else {
         return (uri.clone(), Vec::new());
     };
-    if !query.split('&').any(|pair| key_is(query_key(pair), name)) {
+    if !has_query_param(uri, name) {
         return (uri.clone(), Vec::new());
     }
     let mut values = Vec::new();
-    let kept: Vec<&str> = query
-        .split('&')
+    let kept: Vec<&str> = super::split_at_byte(query, b'&')
         .filter(|pair| {
             let matches = key_is(query_key(pair), name);
             if matches {
@@ -235,6 +272,20 @@ pub fn rewrite(
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The shortcut never accepts a `Host` the parse refuses.
+        #[test]
+        fn the_host_shortcut_agrees_with_the_authority_parse(
+            host in "[a-zA-Z0-9.:@\\[\\]%_ -]{0,12}|[a-z.]{1,8}:[0-9]{0,7}",
+        ) {
+            prop_assert_eq!(is_host_authority(host.as_bytes()), host_authority(&host).is_some());
+            if is_plain_host(host.as_bytes()) {
+                prop_assert!(host_authority(&host).is_some());
+            }
+        }
+    }
 
     fn base(url: &str) -> PublicBase {
         PublicBase::from_config(&url.parse().expect("uri")).expect("base")
@@ -352,6 +403,11 @@ mod tests {
     #[test]
     fn a_host_with_userinfo_is_no_public_base() {
         assert!(host_authority("user@evil.example").is_none());
+        assert!(!is_host_authority(b"user@evil.example"));
+        assert!(is_host_authority(b"chat.example.com:8443"));
+        assert!(is_host_authority(b"[::1]:8080"));
+        assert!(!is_host_authority(b""));
+        assert!(!is_host_authority(b":80"));
         assert!(host_authority("chat.example.com:8443").is_some());
         assert!(host_authority("").is_none());
         let mut headers = HeaderMap::new();
