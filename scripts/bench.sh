@@ -20,6 +20,7 @@
 #   BENCH_SSO_ALONE                 200 sign-ins one at a time (before those)
 #   BENCH_SSO_PACED_RATE            the same sign-ins paced at 1000/s offered (before those)
 #   NGINX                           nginx binary, or none to skip nginx
+#   BENCH_FLOOR                     0 skips the floor hop (tokio and hyper relaying, nothing else)
 #   PROXY_BIN                       proxy binary to measure (default: this build's)
 #   CARGO_TARGET_DIR                where cargo builds (default target)
 set -euo pipefail

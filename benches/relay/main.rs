@@ -11,7 +11,9 @@
 //! nginx and through the proxy, the three in turn, `BENCH_REPS` times; the
 //! medians are reported, with the hop's CPU time read from
 //! `/proc/PID/stat` (nginx: master and workers) and its memory from
-//! `/proc/PID/status`.
+//! `/proc/PID/status`. A fourth hop, the floor ([`floor`]), relays with
+//! tokio and hyper alone, so the proxy's own cost can be told from the
+//! stack's.
 //!
 //! Settings (environment): `BENCH_REPS` (3), `BENCH_WORKLOADS`
 //! (`rtt,latency,firehose,poll,idle,sso`), `BENCH_RTT_STREAMS` (50),
@@ -24,7 +26,8 @@
 //! 40; all conversations at once), `BENCH_SSO_ALONE` (sign-ins one at a
 //! time before those, 200), `BENCH_SSO_PACED_RATE` (the same sign-ins of
 //! all conversations on a schedule offering this many per second, 1000,
-//! also before), `NGINX` (the nginx binary; `none` skips it), `PROXY_BIN` (the proxy
+//! also before), `NGINX` (the nginx binary; `none` skips it), `BENCH_FLOOR`
+//! (`0` skips the floor), `PROXY_BIN` (the proxy
 //! binary; default the one this build made). `cargo test --bench relay`
 //! runs every workload once at tiny sizes without nginx (a smoke test of
 //! the harness, a few seconds).
