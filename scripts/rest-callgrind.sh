@@ -9,9 +9,10 @@
 # connections (GET .../activities?watermark=N with a bearer token), then
 # repeats with no requests and prints (total Ir - startup Ir) / REQUESTS.
 # Profiles stay in $OUT (default /tmp/rest-callgrind) for callgrind_annotate.
-# FLOOR=path measures the benchmark's floor hop instead of the proxy (path:
-# the relay bench binary, target/release/deps/relay-*; see benches/relay/floor.rs),
-# so the proxy's own share of a request's instructions can be read off.
+# FLOOR=1 measures the benchmark's floor hop instead of the proxy (the relay
+# bench binary built last, from `cargo bench --bench relay --no-run`; FLOOR=path
+# names one; see benches/relay/floor.rs), so the proxy's own share of a
+# request's instructions can be read off.
 set -euo pipefail
 N=${1:-10000}
 BIN=$(realpath "${2:-target/release/directline-proxy}")
@@ -62,6 +63,11 @@ CONV=$(python3 -c 'import sys,json;print(json.load(sys.stdin)["conversationId"])
 TOKEN=$(python3 -c 'import sys,json;print(json.load(sys.stdin)["token"])' <<< "$START")
 export CONV TOKEN
 HOP=("$BIN" --config "$OUT/bench.toml" run)
+if [ "${FLOOR:-}" = 1 ]; then
+    FLOOR=$(find "${CARGO_TARGET_DIR:-target}/release/deps" -maxdepth 1 -type f -executable -name 'relay-*' \
+        -printf '%T@ %p\n' 2>/dev/null | sort -rn | head -1 | cut -d' ' -f2-)
+    [ -n "$FLOOR" ] || { echo "no relay bench binary: run cargo bench --bench relay --no-run" >&2; exit 1; }
+fi
 if [ -n "${FLOOR:-}" ]; then HOP=("$FLOOR" floor "$PROXY_PORT" "127.0.0.1:$EMU_PORT"); fi
 measure() { # label requests
     RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.$1.out" \
