@@ -1,6 +1,8 @@
 //! The two ways a token reaches the bot: the `signin/tokenExchange` invoke
 //! posted to the conversation, and the token post to the card's `sasUrl`.
 
+use std::time::Duration;
+
 use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Limited};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -11,7 +13,7 @@ use thiserror::Error;
 use crate::body::full;
 use crate::directline::activity::{OAuthCard, PROXY_INVOKE_MARKER};
 use crate::telemetry;
-use crate::upstream::{HttpClient, Upstream};
+use crate::upstream::{HttpClient, Upstream, UpstreamBody};
 
 /// Everything but RFC 3986's unreserved characters is escaped in the
 /// conversation id of the invoke's path.
@@ -206,15 +208,108 @@ pub async fn token_post(
         .request(request)
         .await
         .map_err(|e| ExchangeError::Transport(format!("token post failed: {e}")))?;
-    match response.status() {
+    let status = response.status();
+    // The status says how the post went. The answer is still read to its
+    // end, so its connection is given back for the next post to that host
+    // (one dropped unread is closed); on a task of its own, so a slow answer
+    // does not hold the decision.
+    tokio::spawn(drain(response.into_body()));
+    match status {
         StatusCode::OK | StatusCode::ACCEPTED | StatusCode::NOT_FOUND => Ok(()),
         other => Err(ExchangeError::Rejected(other.to_string())),
     }
 }
 
+/// How much of a token post's answer is read, and for how long, before its
+/// connection is closed instead of reused.
+const MAX_TOKEN_POST_ANSWER_BYTES: usize = 64 * 1024;
+const TOKEN_POST_ANSWER_TIME: Duration = Duration::from_secs(5);
+
+async fn drain(body: UpstreamBody) {
+    let answer = Limited::new(body, MAX_TOKEN_POST_ANSWER_BYTES).collect();
+    let _ = tokio::time::timeout(TOKEN_POST_ANSWER_TIME, answer).await;
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
     use super::*;
+    use crate::config::UpstreamConfig;
+    use crate::metrics::Metrics;
+
+    /// A `sasUrl` host answering every post with 200 and a short body on
+    /// keep-alive connections; counts the connections it accepts.
+    async fn token_post_target() -> (Uri, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/sas", listener.local_addr().expect("addr"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(answer_posts(socket));
+            }
+        });
+        (url.parse().expect("uri"), accepted)
+    }
+
+    async fn answer_posts(mut socket: TcpStream) {
+        let mut seen = Vec::new();
+        let mut buffer = vec![0; 4096];
+        loop {
+            let Some(head_end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                match socket.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => seen.extend_from_slice(&buffer[..read]),
+                }
+                continue;
+            };
+            let head = String::from_utf8_lossy(&seen[..head_end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(0);
+            if seen.len() < head_end + 4 + length {
+                match socket.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => seen.extend_from_slice(&buffer[..read]),
+                }
+                continue;
+            }
+            seen.drain(..head_end + 4 + length);
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}";
+            if socket.write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn token_posts_to_one_host_reuse_its_connection() {
+        let (sas_url, accepted) = token_post_target().await;
+        let upstream =
+            Upstream::new(&UpstreamConfig::default(), Arc::new(Metrics::new())).expect("upstream");
+        let client = upstream.client();
+        let posts = 10;
+        for _ in 0..posts {
+            token_post(&client, &sas_url, "user-token")
+                .await
+                .expect("posted");
+            // The answer is read on a task of its own; let it finish.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let connections = accepted.load(Ordering::SeqCst);
+        assert!(
+            connections < posts / 2,
+            "{posts} token posts opened {connections} connections: answers left unread close them"
+        );
+    }
 
     #[test]
     fn refusals_name_the_bots_own_status() {
