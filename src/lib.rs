@@ -26,6 +26,7 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod when_woken;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -35,6 +35,7 @@ use crate::metrics::ErrorKind;
 use crate::reload::SharedAcceptor;
 use crate::router::handle;
 use crate::state::Shared;
+use crate::when_woken::WhenWoken;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop
 /// does not spin.
@@ -384,28 +385,62 @@ async fn supervise<C>(
     let mut closed = false;
     let mut dropped_at: Option<Instant> = None;
     loop {
+        // Polled only when one of its timers fires, not at every read and
+        // write of the connection (see `when_woken`).
+        let alarm = WhenWoken::new(next_alarm(closed, dropped_at, idle, closing));
         tokio::select! {
+            biased;
             result = connection.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(%error, "connection ended with an error");
                 }
                 return;
             }
-            () = closing.cancelled(), if !closed => {
-                graceful_shutdown(connection.as_mut());
-                closed = true;
-            }
-            () = idle.expired(), if !closed => {
-                tracing::debug!("connection closed: idle or no request in time");
-                graceful_shutdown(connection.as_mut());
-                closed = true;
-                dropped_at = Some(Instant::now() + grace);
-            }
-            () = sleep_until_some(dropped_at) => {
-                tracing::debug!("connection dropped: it did not close in time");
-                return;
-            }
+            alarm = alarm => match alarm {
+                Alarm::Closing => {
+                    graceful_shutdown(connection.as_mut());
+                    closed = true;
+                }
+                Alarm::Idle => {
+                    tracing::debug!("connection closed: idle or no request in time");
+                    graceful_shutdown(connection.as_mut());
+                    closed = true;
+                    dropped_at = Some(Instant::now() + grace);
+                }
+                Alarm::Dropped => {
+                    tracing::debug!("connection dropped: it did not close in time");
+                    return;
+                }
+            },
         }
+    }
+}
+
+/// What ends a connection's wait besides the connection itself.
+enum Alarm {
+    /// The proxy is shutting down.
+    Closing,
+    /// Idle too long, or no first request in time.
+    Idle,
+    /// Closed gracefully, and not done by its deadline.
+    Dropped,
+}
+
+/// The next alarm: shutdown or idleness while open; once closed, only the
+/// drop deadline (set when it was closed for idleness).
+async fn next_alarm(
+    closed: bool,
+    dropped_at: Option<Instant>,
+    idle: &Idle,
+    closing: &CancellationToken,
+) -> Alarm {
+    if closed {
+        sleep_until_some(dropped_at).await;
+        return Alarm::Dropped;
+    }
+    tokio::select! {
+        () = closing.cancelled() => Alarm::Closing,
+        () = idle.expired() => Alarm::Idle,
     }
 }
 
