@@ -281,9 +281,6 @@ mod tests {
             host in "[a-zA-Z0-9.:@\\[\\]%_ -]{0,12}|[a-z.]{1,8}:[0-9]{0,7}",
         ) {
             prop_assert_eq!(is_host_authority(host.as_bytes()), host_authority(&host).is_some());
-            if is_plain_host(host.as_bytes()) {
-                prop_assert!(host_authority(&host).is_some());
-            }
         }
     }
 
