@@ -225,9 +225,12 @@ pub async fn token_post(
 const MAX_TOKEN_POST_ANSWER_BYTES: usize = 64 * 1024;
 const TOKEN_POST_ANSWER_TIME: Duration = Duration::from_secs(5);
 
+/// Reads the answer frame by frame and keeps none: what it holds is one
+/// frame, not the answer.
 async fn drain(body: UpstreamBody) {
-    let answer = Limited::new(body, MAX_TOKEN_POST_ANSWER_BYTES).collect();
-    let _ = tokio::time::timeout(TOKEN_POST_ANSWER_TIME, answer).await;
+    let mut answer = Limited::new(body, MAX_TOKEN_POST_ANSWER_BYTES);
+    let read_to_end = async { while let Some(Ok(_)) = answer.frame().await {} };
+    let _ = tokio::time::timeout(TOKEN_POST_ANSWER_TIME, read_to_end).await;
 }
 
 #[cfg(test)]
@@ -242,9 +245,10 @@ mod tests {
     use crate::config::UpstreamConfig;
     use crate::metrics::Metrics;
 
-    /// A `sasUrl` host answering every post with 200 and a short body on
-    /// keep-alive connections; counts the connections it accepts.
-    async fn token_post_target() -> (Uri, Arc<AtomicUsize>) {
+    /// A `sasUrl` host answering every post with 200 and a body of
+    /// `answer_bytes` on keep-alive connections; counts the connections it
+    /// accepts.
+    async fn token_post_target(answer_bytes: usize) -> (Uri, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}/sas", listener.local_addr().expect("addr"));
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -252,13 +256,13 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(answer_posts(socket));
+                tokio::spawn(answer_posts(socket, answer_bytes));
             }
         });
         (url.parse().expect("uri"), accepted)
     }
 
-    async fn answer_posts(mut socket: TcpStream) {
+    async fn answer_posts(mut socket: TcpStream, answer_bytes: usize) {
         let mut seen = Vec::new();
         let mut buffer = vec![0; 4096];
         loop {
@@ -283,20 +287,22 @@ mod tests {
                 continue;
             }
             seen.drain(..head_end + 4 + length);
-            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}";
-            if socket.write_all(answer).await.is_err() {
+            let mut answer =
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {answer_bytes}\r\n\r\n").into_bytes();
+            answer.resize(answer.len() + answer_bytes, b'x');
+            if socket.write_all(&answer).await.is_err() {
                 return;
             }
         }
     }
 
-    #[tokio::test]
-    async fn token_posts_to_one_host_reuse_its_connection() {
-        let (sas_url, accepted) = token_post_target().await;
+    /// Posts `posts` times, one after another; how many connections the
+    /// host accepted.
+    async fn connections_for_posts(answer_bytes: usize, posts: usize) -> usize {
+        let (sas_url, accepted) = token_post_target(answer_bytes).await;
         let upstream =
             Upstream::new(&UpstreamConfig::default(), Arc::new(Metrics::new())).expect("upstream");
         let client = upstream.client();
-        let posts = 10;
         for _ in 0..posts {
             token_post(&client, &sas_url, "user-token")
                 .await
@@ -304,10 +310,28 @@ mod tests {
             // The answer is read on a task of its own; let it finish.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let connections = accepted.load(Ordering::SeqCst);
+        accepted.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn token_posts_to_one_host_reuse_its_connection() {
+        let posts = 10;
+        let connections = connections_for_posts(15, posts).await;
         assert!(
             connections < posts / 2,
             "{posts} token posts opened {connections} connections: answers left unread close them"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_post_answer_far_over_the_limit_is_not_read_and_closes_its_connection() {
+        // Far over: a last frame that crosses the limit may also hold the
+        // answer's end, and then the connection is clean and reused.
+        let posts = 3;
+        let connections = connections_for_posts(16 * MAX_TOKEN_POST_ANSWER_BYTES, posts).await;
+        assert_eq!(
+            connections, posts,
+            "each oversized answer closed its connection"
         );
     }
 
